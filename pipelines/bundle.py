@@ -1,0 +1,78 @@
+"""Train one bundle (a population) and turn it into dataset rows + tensors. Runs inside a Ray task."""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from zoo import nets, tasks
+from zoo.spec import Member, ZooSpec, parse_spec
+from zoo.train import MemberConfig, Population, flat_weights
+
+
+def train_bundle(spec_json: dict, member_ids: list[str], bundle_id: str) -> dict:
+    """-> {"rows": [...], "tensors": [(prefix, state)], "seconds": float}; plain data for Ray."""
+    t0 = time.perf_counter()
+    spec = parse_spec(spec_json, f"spec of zoo {spec_json.get('name')}")
+    by_id = {m.model_id: m for m in spec.members()}
+    members = [by_id[i] for i in member_ids]
+    torch.set_num_threads(spec.compute.threads_per_worker)
+    task = tasks.load(spec.task, spec.task_args)
+    first = members[0]
+    configs = [
+        MemberConfig(m.model_id, m.seed, m.training["lr"], m.training["weight_decay"], m.training["label_noise"])
+        for m in members
+    ]
+    pop = Population(task, first.arch, spec.model.init, first.training, configs)
+    results = pop.fit(spec.checkpoints)
+    n_params = nets.n_params(pop.template)
+    rows, tensors = [], []
+    for m, r in zip(members, results):
+        for epoch in spec.checkpoints:
+            ck = r.checkpoints[epoch]
+            prefix = f"{m.model_id}/{epoch}/"
+            rows.append(_row(spec, m, r, epoch, ck, n_params, bundle_id, prefix))
+            tensors.append((prefix, ck["state"]))
+    return {"rows": rows, "tensors": tensors, "seconds": time.perf_counter() - t0}
+
+
+def _row(spec: ZooSpec, m: Member, r, epoch: int, ck: dict, n_params: int, bundle_id: str, prefix: str) -> dict:
+    tr, c = m.training, m.cell
+    keep_flat = n_params <= spec.storage.flat_weights_max_params
+    return {
+        "model_id": m.model_id,
+        "zoo": spec.name,
+        "task": spec.task,
+        "task_args": json.dumps(spec.task_args, sort_keys=True),
+        "family": m.arch["family"],
+        "arch": json.dumps(m.arch, sort_keys=True),
+        "init": spec.model.init,
+        "cell": c.id,
+        "temperature_param": c.temperature_param,
+        "temperature": float(c.temperature),
+        "load_param": c.load_param,
+        "load": float(c.load),
+        "seed": m.seed,
+        "epoch": epoch,
+        "epochs": tr["epochs"],
+        "optimizer": tr["optimizer"],
+        "schedule": tr["schedule"],
+        "lr": float(tr["lr"]),
+        "momentum": float(tr["momentum"]),
+        "weight_decay": float(tr["weight_decay"]),
+        "batch_size": int(tr["batch_size"]),
+        "width": m.arch.get("width"),
+        "depth": m.arch.get("depth"),
+        "data_fraction": float(tr["data_fraction"]),
+        "label_noise": float(tr["label_noise"]),
+        **ck["metrics"],
+        **{f"curve_{k}": v for k, v in r.curves.items()},
+        "status": r.status,
+        "diverged_epoch": r.diverged_epoch,
+        "n_params": n_params,
+        "shard": None,
+        "tensor_prefix": prefix,
+        "bundle": bundle_id,
+        "weights": flat_weights(ck["state"]) if keep_flat else None,
+    }

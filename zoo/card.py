@@ -1,0 +1,104 @@
+"""The dataset card (README.md): YAML `configs:` + `dataset_info` features per zoo, then prose."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from zoo import store
+
+
+def _yaml_header(manifest: dict) -> dict:
+    feats = store.features()._to_yaml_list()
+    configs, infos = [], []
+    for i, (name, z) in enumerate(sorted(manifest["zoos"].items())):
+        if z.get("status") != "complete":
+            continue
+        cfg = {"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/models-*.parquet"}]}
+        if i == 0:
+            cfg["default"] = True
+        configs.append(cfg)
+        infos.append({"config_name": name, "features": feats})
+    return {
+        "pretty_name": f"{manifest.get('collection', 'zoo')} model zoo",
+        "tags": ["weight-space-learning", "model-zoo", "phase-transitions", "safetensors"],
+        "configs": configs,
+        "dataset_info": infos,
+    }
+
+
+def _fmt_values(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def render(manifest: dict, repo_id: str | None = None) -> str:
+    header = yaml.safe_dump(_yaml_header(manifest), sort_keys=False)
+    where = repo_id or "path/to/dataset"
+    zoos = sorted(n for n, z in manifest["zoos"].items() if z.get("status") == "complete")
+    lines = [
+        "---", header.rstrip(), "---", "",
+        f"# {manifest.get('collection', 'zoo')}: a model zoo on the phase plane",
+        "",
+        "Populations of small neural networks trained across a phase diagram of hyperparameters: "
+        "for every zoo one task, one model family, a grid of (temperature, load) cells and several "
+        "seeds per cell. Temperature is the noise of training (batch size or learning rate); load is "
+        "data relative to capacity (width, data fraction or label noise). One row per model and "
+        "checkpoint epoch, with its hyperparameters, metrics, learning curve and weights.",
+        "",
+        "## Zoos",
+        "",
+        "| zoo | task | family | temperature | load | seeds | epochs | models | rows | diverged | parameters |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in zoos:
+        z = manifest["zoos"][name]
+        s = z["spec"]
+        t, l = s["axes"]["temperature"], s["axes"]["load"]
+        lines.append(
+            f"| {name} | {s['task']} | {s['model']['family']} | {t['param']}: {_fmt_values(t['values'])} "
+            f"| {l['param']}: {_fmt_values(l['values'])} | {len(s['seeds'])} | {s['training']['epochs']} "
+            f"| {z['models']} | {z['rows']} | {z['diverged']} | {z['n_params']['min']:,}–{z['n_params']['max']:,} |"
+        )
+    first = zoos[0] if zoos else "<zoo>"
+    lines += [
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "import zoo",
+        f'ds = load_dataset("{where}", "{first}", split="train").with_format("torch")',
+        'X, acc = ds["weights"], ds["test_acc"]      # flat weights (one architecture per width), accuracies',
+        "model = zoo.load_model(ds[0])               # the net with those weights, ready to run",
+        'zoo.evaluate(model, ds[0]["task"])          # reproduces test_loss / test_acc of the row',
+        "```",
+        "",
+        "Canonical weights are in `weights/<zoo>/shard-*.safetensors`, tensors named "
+        "`<model_id>/<epoch>/<param>` with their exact shapes; `zoo.load_model(row, root=DIR)` reads "
+        "them when a row has no flat `weights` (models above the size limit).",
+        "",
+        "## Columns",
+        "",
+        "| column | type | description |",
+        "|---|---|---|",
+    ]
+    for col, (typ, desc) in store.COLUMNS.items():
+        lines.append(f"| `{col}` | {typ} | {desc} |")
+    lines += [
+        "",
+        "## Files",
+        "",
+        "- `data/<zoo>/models-*.parquet`: the rows, one file per training bundle.",
+        "- `weights/<zoo>/shard-*.safetensors`: the checkpoints, size-bounded shards.",
+        "- `manifest.json`: each zoo's full spec, row counts, library versions and the sha256 of "
+        "every file; `zoo verify DIR` checks a copy against it.",
+        "",
+    ]
+    figs = sorted(manifest.get("figures", []))
+    if figs:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
+    return "\n".join(lines)
+
+
+def write(root: Path, manifest: dict, repo_id: str | None = None) -> None:
+    store.write_text_atomic(Path(root) / "README.md", render(manifest, repo_id))

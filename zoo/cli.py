@@ -1,0 +1,105 @@
+"""`zoo build | info | verify`: the command line of the dataset builder.
+
+User mistakes print one line `zoo: error: ...` and exit with code 2; `verify` exits 1 when the
+folder does not match its manifest.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+DEFAULT_OUT = "build/phases"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo", description="Build, inspect and check phase-diagram model zoos.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train the zoos of a spec or collection into a dataset folder")
+    b.add_argument("--phase", default="grid", help="how the plane is sampled: grid = every cell x every seed")
+    b.add_argument("--config", help="zoo spec or collection YAML (default: the built-in configs/phases.yaml)")
+    b.add_argument("--out", default=DEFAULT_OUT, help=f"dataset folder (default: {DEFAULT_OUT})")
+    b.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
+    b.add_argument("--workers", type=int, help="concurrent bundles (default: the number of CPU cores)")
+    b.add_argument("--no-ray", action="store_true", help="train bundles in this process (debugging)")
+    b.add_argument("--quiet", action="store_true", help="no progress output")
+    i = sub.add_parser("info", help="table of the zoos in a dataset folder")
+    i.add_argument("dir")
+    v = sub.add_parser("verify", help="check sha256 and row counts against manifest.json (exit 1 on mismatch)")
+    v.add_argument("dir")
+    return p
+
+
+def cmd_build(a) -> int:
+    from pipelines.build import build
+    from zoo.spec import default_config_path, load_config
+
+    cfg = Path(a.config) if a.config else default_config_path()
+    collection = load_config(cfg)
+    manifest = build(collection, a.out, phase=a.phase, address=a.address, workers=a.workers,
+                     use_ray=not a.no_ray, progress=not a.quiet)
+    _print_info(Path(a.out), manifest)
+    return 0
+
+
+def _print_info(root: Path, manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{root} ({manifest.get('collection', '?')})")
+    for col in ("zoo", "status", "cells", "models", "checkpoints", "rows", "diverged", "params", "size"):
+        t.add_column(col, justify="left" if col in ("zoo", "status") else "right")
+    files = manifest.get("files", {})
+    for name, z in sorted(manifest.get("zoos", {}).items()):
+        size = sum(f["bytes"] for k, f in files.items() if f"/{name}/" in k)
+        if z.get("status") != "complete":
+            t.add_row(name, z.get("status", "?"), *["-"] * 7)
+            continue
+        t.add_row(name, "complete", str(z["cells"]), str(z["models"]), ",".join(map(str, z["checkpoints"])),
+                  str(z["rows"]), str(z["diverged"]), f"{z['n_params']['min']:,}-{z['n_params']['max']:,}",
+                  f"{size / 2**20:.1f} MiB")
+    Console().print(t)
+
+
+def cmd_info(a) -> int:
+    from zoo import store
+
+    root = Path(a.dir)
+    if not (root / "manifest.json").exists():
+        raise ZooError(f"{root}: no manifest.json; not a zoo dataset folder")
+    _print_info(root, store.read_manifest(root))
+    return 0
+
+
+def cmd_verify(a) -> int:
+    from zoo import store
+
+    root = Path(a.dir)
+    problems = store.verify(root)
+    if problems:
+        for line in problems:
+            print(f"MISMATCH {line}")
+        print(f"{root}: {len(problems)} problem(s)")
+        return 1
+    m = store.read_manifest(root)
+    print(f"{root}: OK ({len(m['files'])} files, "
+          f"{sum(z['rows'] for z in m['zoos'].values())} rows in {len(m['zoos'])} zoo(s))")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        return {"build": cmd_build, "info": cmd_info, "verify": cmd_verify}[a.cmd](a)
+    except ZooError as e:
+        print(f"zoo: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("zoo: interrupted; finished bundles are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

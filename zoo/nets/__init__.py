@@ -1,0 +1,86 @@
+"""Architecture registry: `mlp` and `cnn`, each with a `width` knob (the load axis) and `depth`.
+
+    net = zoo.nets.build("mlp", task="mnist1d", width=48, depth=3)
+    zoo.nets.init_(net, seed=0)                  # Kaiming-uniform, seeded per member
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn as nn
+
+from zoo.errors import ZooError
+from zoo.nets.cnn import cnn
+from zoo.nets.mlp import mlp
+from zoo.registry import Registry
+
+NETS: Registry = Registry("model family")
+NETS.register("mlp")(mlp)
+NETS.register("cnn")(cnn)
+
+INITS = ("kaiming_uniform", "torch_default")
+
+
+def knobs(family: str) -> dict[str, object]:
+    """The knobs a family takes, with their defaults."""
+    sig = inspect.signature(NETS.get(family))
+    return {k: p.default for k, p in sig.parameters.items() if k not in ("input_shape", "n_classes")}
+
+
+def check_knobs(family: str, given: dict) -> None:
+    valid = knobs(family)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ZooError(f"model family {family!r} has no knob(s) {unknown}; valid: {sorted(valid)}")
+
+
+def build(family: str, task=None, *, input_shape=None, n_classes=None, **kw) -> nn.Module:
+    """Build a net for a task (a name, a Task, or explicit input_shape + n_classes)."""
+    if task is not None:
+        if isinstance(task, str):
+            from zoo import tasks
+
+            task = tasks.load(task)
+        input_shape, n_classes = task.input_shape, task.n_classes
+    if input_shape is None or n_classes is None:
+        raise ValueError("build() needs a task or both input_shape and n_classes")
+    check_knobs(family, kw)
+    return NETS.get(family)(tuple(input_shape), int(n_classes), **kw)
+
+
+@torch.no_grad()
+def init_(net: nn.Module, seed: int, scheme: str = "kaiming_uniform") -> nn.Module:
+    """Initialize in place from `seed` alone, so a member's init is the same in any population.
+
+    kaiming_uniform: weights ~ U(-b, b), b = sqrt(6 / fan_in) (ReLU gain), biases 0.
+    torch_default: PyTorch's reset_parameters(), drawn from the same seeded generator.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    for m in net.modules():
+        if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            continue
+        if scheme == "kaiming_uniform":
+            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu", generator=g)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif scheme == "torch_default":
+            nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=g)
+            if m.bias is not None:
+                fan_in = m.weight[0].numel()
+                bound = 1 / fan_in**0.5
+                nn.init.uniform_(m.bias, -bound, bound, generator=g)
+        else:
+            raise ZooError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
+    return net
+
+
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+__all__ = ["build", "init_", "knobs", "names", "n_params", "NETS"]
+
+
+def names() -> list[str]:
+    return NETS.names()

@@ -1,0 +1,312 @@
+"""ZooSpec: the validated configuration of one zoo, loaded from YAML.
+
+A zoo is one task x one model family x a (temperature, load) plane x seeds. Every mistake in a
+file is reported as one line naming the file and the field path, e.g.
+`configs/zoos/x.yaml: training.optimizer: Input should be 'sgd', 'adam' or 'adamw'`.
+A collection file (`name:` + `zoos:` list of spec paths) groups zoos into one dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from zoo import nets, tasks
+from zoo.errors import ZooError
+
+TEMPERATURE_PARAMS = ("batch_size", "lr")
+LOAD_PARAMS = ("width", "data_fraction", "label_noise")
+INT_PARAMS = ("batch_size", "width")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(BaseModel):
+    """`family` plus that family's fixed knobs (e.g. depth, width); `init` scheme."""
+
+    model_config = ConfigDict(extra="allow")
+    family: str
+    init: Literal["kaiming_uniform", "torch_default"] = "kaiming_uniform"
+
+    @model_validator(mode="after")
+    def _check_family(self):
+        nets.NETS.get(self.family)  # unknown family -> error listing the valid ones
+        nets.check_knobs(self.family, self.knobs)
+        return self
+
+    @property
+    def knobs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class Training(_Strict):
+    epochs: int = Field(ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    data_fraction: float = Field(1.0, gt=0, le=1)
+    label_noise: float = Field(0.0, ge=0, lt=1)
+
+
+class Axis(_Strict):
+    param: str
+    values: list[float] = Field(min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"values must be distinct (got {v})")
+        return v
+
+
+class Axes(_Strict):
+    temperature: Axis
+    load: Axis
+
+    @model_validator(mode="after")
+    def _check(self):
+        for axis_name, axis, valid in (
+            ("temperature", self.temperature, TEMPERATURE_PARAMS),
+            ("load", self.load, LOAD_PARAMS),
+        ):
+            if axis.param not in valid:
+                raise ValueError(f"{axis_name}.param {axis.param!r} is not valid; expected one of {', '.join(valid)}")
+            for i, v in enumerate(axis.values):
+                where = f"{axis_name}.values[{i}]"
+                if axis.param in INT_PARAMS and (v != int(v) or v < 1):
+                    raise ValueError(f"{where}: {axis.param} must be a positive integer (got {v})")
+                if axis.param == "lr" and v <= 0:
+                    raise ValueError(f"{where}: lr must be > 0 (got {v})")
+                if axis.param == "data_fraction" and not 0 < v <= 1:
+                    raise ValueError(f"{where}: data_fraction must be in (0, 1] (got {v})")
+                if axis.param == "label_noise" and not 0 <= v < 1:
+                    raise ValueError(f"{where}: label_noise must be in [0, 1) (got {v})")
+            if axis.param in INT_PARAMS:
+                axis.values = [int(v) for v in axis.values]
+        return self
+
+
+class Metrics(_Strict):
+    epoch: int | None = None  # default: the last epoch
+
+
+class Storage(_Strict):
+    shard_max_mb: float = Field(256.0, gt=0)
+    flat_weights_max_params: int = Field(1_000_000, ge=0)
+
+
+class Compute(_Strict):
+    max_members: int = Field(64, ge=1)  # members per bundle (one Ray task)
+    threads_per_worker: int = Field(1, ge=1)
+
+
+class ZooSpec(_Strict):
+    name: str
+    description: str = ""
+    task: str
+    task_args: dict = Field(default_factory=dict)
+    model: ModelSpec
+    training: Training
+    axes: Axes
+    seeds: list[int] = Field(min_length=1)
+    checkpoints: list[int] = Field(min_length=1)
+    metrics: Metrics = Field(default_factory=Metrics)
+    storage: Storage = Field(default_factory=Storage)
+    compute: Compute = Field(default_factory=Compute)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not NAME_RE.match(v):
+            raise ValueError(f"{v!r} must be lower-case letters, digits and underscores (it names a dataset config)")
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v):
+        try:
+            tasks.check_name(v)
+        except ZooError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if len(set(v)) != len(v) or min(v) < 0:
+            raise ValueError(f"seeds must be distinct non-negative integers (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self):
+        e = self.training.epochs
+        cps = self.checkpoints
+        if sorted(set(cps)) != cps:
+            raise ValueError(f"checkpoints: must be distinct and increasing (got {cps})")
+        if cps[0] < 0 or cps[-1] > e:
+            raise ValueError(f"checkpoints: epochs must lie in [0, training.epochs={e}] (got {cps})")
+        if e not in cps:
+            raise ValueError(f"checkpoints: must include the last epoch {e} (got {cps})")
+        if self.metrics.epoch is None:
+            self.metrics.epoch = e
+        if self.metrics.epoch not in cps:
+            raise ValueError(f"metrics.epoch: {self.metrics.epoch} must be one of the checkpoints {cps}")
+        for axis in (self.axes.temperature, self.axes.load):
+            if axis.param == "width" and "width" not in nets.knobs(self.model.family):
+                raise ValueError(f"axes: model family {self.model.family!r} has no width knob")
+        return self
+
+    # ---- the plane -------------------------------------------------------------------------
+    def cells(self) -> list["Cell"]:
+        t, l = self.axes.temperature, self.axes.load
+        return [
+            Cell(ti, li, t.param, tv, l.param, lv)
+            for ti, tv in enumerate(t.values)
+            for li, lv in enumerate(l.values)
+        ]
+
+    def members(self) -> list["Member"]:
+        """`--phase grid`: every cell x every seed, in plan order (cell-major, then seed)."""
+        return [self.member(c, s) for c in self.cells() for s in self.seeds]
+
+    def member(self, cell: "Cell", seed: int) -> "Member":
+        train = self.training.model_dump(mode="json")
+        arch = {"family": self.model.family, **nets.knobs(self.model.family), **self.model.knobs}
+        for param, value in ((cell.temperature_param, cell.temperature), (cell.load_param, cell.load)):
+            if param == "width":
+                arch["width"] = int(value)
+            else:
+                train[param] = value
+        payload = {
+            "zoo": self.name, "task": self.task, "task_args": self.task_args,
+            "arch": arch, "init": self.model.init, "training": train, "seed": seed,
+        }
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return Member(model_id=digest, cell=cell, seed=seed, arch=arch, training=train)
+
+    def to_json(self) -> dict:
+        d = self.model_dump(mode="json")
+        d["model"] = {"family": self.model.family, "init": self.model.init, **self.model.knobs}
+        return d
+
+
+@dataclass(frozen=True)
+class Cell:
+    ti: int
+    li: int
+    temperature_param: str
+    temperature: float
+    load_param: str
+    load: float
+
+    @property
+    def id(self) -> str:
+        return f"T{self.ti}L{self.li}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of the zoo: one architecture + one cell + one seed."""
+
+    model_id: str
+    cell: Cell
+    seed: int
+    arch: dict  # family + knobs, enough to rebuild the net
+    training: dict  # Training fields with the cell's axis values applied
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    zoos: list[ZooSpec]
+    path: Path | None = None
+
+
+# ---- loading --------------------------------------------------------------------------------
+def _format(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) if not isinstance(x, int) else f"[{x}]" for x in err["loc"]).replace(".[", "[")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ZooError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ZooError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ZooError(f"{path}: expected a mapping of fields at the top level")
+    return data
+
+
+def parse_spec(data: dict, source: str = "<spec>") -> ZooSpec:
+    try:
+        return ZooSpec.model_validate(data)
+    except ValidationError as e:
+        raise ZooError(f"{source}: {_format(e)}") from None
+    except ZooError as e:
+        raise ZooError(f"{source}: model: {e}") from None
+
+
+def load_spec(path: str | Path) -> ZooSpec:
+    path = Path(path)
+    return parse_spec(_read_yaml(path), str(path))
+
+
+def load_config(path: str | Path) -> Collection:
+    """A zoo spec or a collection file (`zoos:` list of spec paths relative to it)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if "zoos" not in data:
+        spec = parse_spec(data, str(path))
+        return Collection(spec.name, [spec], path)
+    extra = sorted(set(data) - {"name", "zoos", "description"})
+    if extra:
+        raise ZooError(f"{path}: unknown field(s) {extra}; a collection has name, description, zoos")
+    name, zoo_paths = data.get("name"), data["zoos"]
+    if not isinstance(name, str) or not name:
+        raise ZooError(f"{path}: name: a collection needs a name")
+    if not isinstance(zoo_paths, list) or not zoo_paths or not all(isinstance(p, str) for p in zoo_paths):
+        raise ZooError(f"{path}: zoos: expected a non-empty list of spec file paths")
+    specs = [load_spec(path.parent / p) for p in zoo_paths]
+    seen = set()
+    for p, s in zip(zoo_paths, specs):
+        if s.name in seen:
+            raise ZooError(f"{path}: zoos: two specs are named {s.name!r} (second: {p})")
+        seen.add(s.name)
+    return Collection(name, specs, path)
+
+
+def default_config_path() -> Path:
+    """The built-in default collection (configs/phases.yaml, shipped inside the package)."""
+    source = Path(__file__).resolve().parent.parent / "configs" / "phases.yaml"
+    if source.exists():  # a source checkout or an editable install
+        return source
+    from importlib.resources import files
+
+    return Path(str(files("zoo._configs") / "phases.yaml"))  # a wheel install ships a copy

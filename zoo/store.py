@@ -1,0 +1,283 @@
+"""The on-disk dataset: a Hugging Face dataset repository, the same bytes locally and on the Hub.
+
+    README.md                                  dataset card (YAML configs + features, prose)
+    data/<zoo>/models-<i>-<bundle>.parquet      one row per (model, checkpoint epoch)
+    weights/<zoo>/shard-<bundle>-<k>.safetensors  tensors named <model_id>/<epoch>/<param>
+    manifest.json                              spec, versions, row counts, sha256 of every file
+
+Every file is written to a temporary name and renamed, so a crash never leaves a half-written
+file; a bundle counts as committed once its parquet file exists (its shards are renamed first).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zoo.errors import ZooError
+
+FORMAT = "weight-zoo/1"
+TMP_SUFFIX = ".tmp"
+CURVES = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+# column -> (arrow type, description for the dataset card)
+COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "model_id": (pa.string(), "stable hash of (zoo, task, architecture, training hyperparameters, seed)"),
+    "zoo": (pa.string(), "zoo (dataset config) name"),
+    "task": (pa.string(), "task the model was trained on (mnist1d, digits, hf:<repo_id>)"),
+    "task_args": (pa.string(), "JSON of the task's arguments ({} for built-in tasks)"),
+    "family": (pa.string(), "model family (mlp, cnn)"),
+    "arch": (pa.string(), "JSON of the family and its knobs: enough to rebuild the net"),
+    "init": (pa.string(), "initialization scheme of epoch 0"),
+    "cell": (pa.string(), "cell id T<i>L<j>: index i on the temperature axis, j on the load axis"),
+    "temperature_param": (pa.string(), "hyperparameter on the temperature axis (batch_size or lr)"),
+    "temperature": (pa.float64(), "its value for this model"),
+    "load_param": (pa.string(), "hyperparameter on the load axis (width, data_fraction or label_noise)"),
+    "load": (pa.float64(), "its value for this model"),
+    "seed": (pa.int64(), "seed of the initialization and the data order"),
+    "epoch": (pa.int64(), "checkpoint epoch of this row (0 = the initialization)"),
+    "epochs": (pa.int64(), "epochs of training in total"),
+    "optimizer": (pa.string(), "sgd, adam or adamw"),
+    "schedule": (pa.string(), "learning-rate schedule: constant, cosine or onecycle (per step)"),
+    "lr": (pa.float64(), "base learning rate"),
+    "momentum": (pa.float64(), "SGD momentum"),
+    "weight_decay": (pa.float64(), "weight decay (L2 for sgd/adam, decoupled for adamw)"),
+    "batch_size": (pa.int64(), "mini-batch size"),
+    "width": (pa.int64(), "width knob of the net (units or channels), null if the family has none"),
+    "depth": (pa.int64(), "depth knob of the net, null if the family has none"),
+    "data_fraction": (pa.float64(), "fraction of the training split used (a fixed subset per fraction)"),
+    "label_noise": (pa.float64(), "fraction of training labels replaced by a different class"),
+    "train_loss": (pa.float64(), "mean cross-entropy on the (possibly noisy) training subset at this epoch"),
+    "train_acc": (pa.float64(), "accuracy on the training subset at this epoch"),
+    "test_loss": (pa.float64(), "mean cross-entropy on the task's test split at this epoch"),
+    "test_acc": (pa.float64(), "accuracy on the task's test split at this epoch"),
+    **{
+        f"curve_{k}": (pa.list_(pa.float64()), f"learning curve: {k} after each epoch 0..epochs")
+        for k in CURVES
+    },
+    "status": (pa.string(), "ok, or diverged (training loss became NaN/inf; the model was frozen then)"),
+    "diverged_epoch": (pa.int64(), "epoch in which the model diverged, null if it did not"),
+    "n_params": (pa.int64(), "number of trainable parameters"),
+    "shard": (pa.string(), "safetensors shard holding this checkpoint, relative to the dataset root"),
+    "tensor_prefix": (pa.string(), "prefix of this checkpoint's tensors in the shard: <model_id>/<epoch>/"),
+    "bundle": (pa.string(), "id of the bundle (one Ray task) that trained the model"),
+    "weights": (pa.list_(pa.float32()), "flat float32 state_dict in state_dict order; null above the size limit"),
+}
+
+
+def schema() -> pa.Schema:
+    return pa.schema([(name, typ) for name, (typ, _) in COLUMNS.items()])
+
+
+def features():
+    import datasets
+
+    return datasets.Features.from_arrow_schema(schema())
+
+
+# ---- atomic writes --------------------------------------------------------------------------
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp.write_text(text)
+    _fsync_replace(tmp, path)
+
+
+def remove_temp_files(root: Path) -> int:
+    """Delete leftovers of an interrupted write (*.tmp); returns how many."""
+    n = 0
+    if root.exists():
+        for p in root.rglob(f"*{TMP_SUFFIX}"):
+            p.unlink()
+            n += 1
+    return n
+
+
+# ---- bundles --------------------------------------------------------------------------------
+def data_dir(root: Path, zoo: str) -> Path:
+    return root / "data" / zoo
+
+
+def weights_dir(root: Path, zoo: str) -> Path:
+    return root / "weights" / zoo
+
+
+def parquet_name(index: int, bundle_id: str) -> str:
+    return f"models-{index:05d}-{bundle_id}.parquet"
+
+
+def committed_bundles(root: Path, zoo: str) -> set[str]:
+    d = data_dir(root, zoo)
+    if not d.exists():
+        return set()
+    return {p.stem.split("-", 2)[2] for p in d.glob("models-*.parquet")}
+
+
+def write_bundle(root: Path, zoo: str, index: int, bundle_id: str, rows: list[dict],
+                 tensors: list[tuple[str, dict[str, np.ndarray]]], shard_max_mb: float) -> None:
+    """Commit one bundle: its shards (tensors grouped per checkpoint, never split) then its parquet.
+
+    `tensors`: [(prefix "<model_id>/<epoch>/", state_dict), ...] in row order; the shard name of
+    each row is filled in here.
+    """
+    from safetensors.numpy import save_file
+
+    wdir, ddir = weights_dir(root, zoo), data_dir(root, zoo)
+    wdir.mkdir(parents=True, exist_ok=True)
+    ddir.mkdir(parents=True, exist_ok=True)
+    limit = shard_max_mb * 2**20
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    prefix_shard: dict[str, int] = {}
+    for prefix, state in tensors:
+        nbytes = sum(np.asarray(v).nbytes for v in state.values())
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        for k, v in state.items():
+            shards[-1][prefix + k] = np.ascontiguousarray(v)
+        size += nbytes
+        prefix_shard[prefix] = len(shards) - 1
+    names = [f"shard-{bundle_id}-{k:05d}.safetensors" for k in range(len(shards))]
+    for name, content in zip(names, shards):
+        tmp = wdir / (name + TMP_SUFFIX)
+        save_file(content, str(tmp), metadata={"format": "np", "zoo": zoo, "bundle": bundle_id})
+        _fsync_replace(tmp, wdir / name)
+    for row in rows:
+        row["shard"] = f"weights/{zoo}/{names[prefix_shard[row['tensor_prefix']]]}"
+    table = pa.Table.from_pylist(rows, schema=schema())
+    final = ddir / parquet_name(index, bundle_id)
+    tmp = final.with_name(final.name + TMP_SUFFIX)
+    pq.write_table(table, tmp)
+    _fsync_replace(tmp, final)
+
+
+def read_rows(root: Path, zoo: str) -> pa.Table:
+    files = sorted(data_dir(root, zoo).glob("models-*.parquet"))
+    if not files:
+        raise ZooError(f"{data_dir(root, zoo)}: no parquet files for zoo {zoo!r}")
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+# ---- manifest -------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("weight-zoo", "torch", "datasets", "huggingface_hub", "safetensors", "pyarrow", "ray", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def read_manifest(root: Path) -> dict:
+    path = root / "manifest.json"
+    if not path.exists():
+        return {"format": FORMAT, "zoos": {}, "files": {}}
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ZooError(f"{path}: not valid JSON ({e})") from None
+    if m.get("format") != FORMAT:
+        raise ZooError(f"{path}: format {m.get('format')!r} is not {FORMAT!r}")
+    return m
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    write_text_atomic(root / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def spec_digest(spec_json: dict) -> str:
+    return hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
+
+
+def tracked_files(root: Path) -> list[Path]:
+    """Files the manifest covers: the card, data/, weights/, figures/ (not the manifest itself)."""
+    out = [root / "README.md"] if (root / "README.md").exists() else []
+    for sub in ("data", "weights", "figures"):
+        d = root / sub
+        if d.exists():
+            out += sorted(p for p in d.rglob("*") if p.is_file() and not p.name.endswith(TMP_SUFFIX))
+    return out
+
+
+def zoo_summary(root: Path, zoo: str) -> dict:
+    t = read_rows(root, zoo).select(["model_id", "cell", "status", "n_params", "epoch"]).to_pydict()
+    first = {}
+    for mid, st, n in zip(t["model_id"], t["status"], t["n_params"]):
+        first.setdefault(mid, (st, n))
+    sizes = [n for _, n in first.values()]
+    return {
+        "rows": len(t["model_id"]),
+        "models": len(first),
+        "cells": len(set(t["cell"])),
+        "checkpoints": sorted(set(t["epoch"])),
+        "diverged": sum(1 for st, _ in first.values() if st == "diverged"),
+        "n_params": {"min": min(sizes), "max": max(sizes)},
+    }
+
+
+def refresh_manifest(root: Path, manifest: dict) -> dict:
+    """Recompute the file hashes (call after the card is written)."""
+    manifest["files"] = {
+        str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in tracked_files(root)
+    }
+    manifest["versions"] = versions()
+    write_manifest(root, manifest)
+    return manifest
+
+
+def verify(root: Path) -> list[str]:
+    """Problems found comparing the folder with manifest.json (empty list = all good)."""
+    root = Path(root)
+    if not (root / "manifest.json").exists():
+        return [f"{root}: no manifest.json (not a zoo dataset, or its build never finished)"]
+    m = read_manifest(root)
+    problems = []
+    for name, z in m.get("zoos", {}).items():
+        if z.get("status") != "complete":
+            problems.append(f"zoo {name}: build not complete (status {z.get('status')!r}); rerun `zoo build`")
+            continue
+        try:
+            s = zoo_summary(root, name)
+        except ZooError as e:
+            problems.append(str(e))
+            continue
+        for key in ("rows", "models", "cells"):
+            if s[key] != z.get(key):
+                problems.append(f"zoo {name}: {key} = {s[key]} in the parquet files, manifest says {z.get(key)}")
+    listed = m.get("files", {})
+    present = {str(p.relative_to(root)) for p in tracked_files(root)}
+    for rel in sorted(set(listed) - present):
+        problems.append(f"{rel}: listed in manifest.json but missing")
+    for rel in sorted(present - set(listed)):
+        problems.append(f"{rel}: present but not listed in manifest.json")
+    for rel in sorted(set(listed) & present):
+        if sha256_file(root / rel) != listed[rel]["sha256"]:
+            problems.append(f"{rel}: sha256 differs from manifest.json")
+    return problems

@@ -1,0 +1,45 @@
+"""A Task: tensors of a fixed train/test split plus what a net needs to know about them."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task held fully in memory (these zoos use small data sets).
+
+    x_*: (N, *input_shape) float32, channels first; y_*: (N,) int64 in [0, n_classes).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name == "train":
+            return self.x_train, self.y_train
+        if name == "test":
+            return self.x_test, self.y_test
+        raise ValueError(f"unknown split {name!r}; valid: train, test")
+
+
+def cache_dir() -> Path:
+    """Where generated data sets are cached (npz, never pickle): $ZOO_CACHE or ~/.cache/zoo."""
+    root = Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
