@@ -68,7 +68,7 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         "from datasets import load_dataset",
         "import zoo",
         f'ds = load_dataset("{where}", "{first}", split="train").with_format("torch")',
-        'X, acc = ds["weights"], ds["test_acc"]      # flat weights (one architecture per width), accuracies',
+        'X, acc = ds["weights"][:], ds["test_acc"][:]  # (rows, n_weights) and (rows,) for one architecture',
         "model = zoo.load_model(ds[0])               # the net with those weights, ready to run",
         'zoo.evaluate(model, ds[0]["task"])          # reproduces test_loss / test_acc of the row',
         "```",

@@ -50,7 +50,7 @@ def _print_info(root: Path, manifest: dict) -> None:
 
     t = Table(title=f"{root} ({manifest.get('collection', '?')})")
     for col in ("zoo", "status", "cells", "models", "checkpoints", "rows", "diverged", "params", "size"):
-        t.add_column(col, justify="left" if col in ("zoo", "status") else "right")
+        t.add_column(col, justify="left" if col in ("zoo", "status") else "right", no_wrap=True)
     files = manifest.get("files", {})
     for name, z in sorted(manifest.get("zoos", {}).items()):
         size = sum(f["bytes"] for k, f in files.items() if f"/{name}/" in k)
@@ -60,7 +60,10 @@ def _print_info(root: Path, manifest: dict) -> None:
         t.add_row(name, "complete", str(z["cells"]), str(z["models"]), ",".join(map(str, z["checkpoints"])),
                   str(z["rows"]), str(z["diverged"]), f"{z['n_params']['min']:,}-{z['n_params']['max']:,}",
                   f"{size / 2**20:.1f} MiB")
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # pipes and logs get the whole table, not a truncated one
+    console.print(t)
 
 
 def cmd_info(a) -> int:

@@ -239,13 +239,26 @@ class Collection:
 
 
 # ---- loading --------------------------------------------------------------------------------
+def _valid_fields(loc: tuple) -> list[str]:
+    """The field names valid at the place of an unknown field (loc minus its last part)."""
+    cls: type[BaseModel] = ZooSpec
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
 def _format(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) if not isinstance(x, int) else f"[{x}]" for x in err["loc"]).replace(".[", "[")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown field"
+            valid = _valid_fields(err["loc"])
+            msg = "unknown field" + (f"; valid: {', '.join(valid)}" if valid else "")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 

@@ -156,7 +156,10 @@ def write_bundle(root: Path, zoo: str, index: int, bundle_id: str, rows: list[di
     names = [f"shard-{bundle_id}-{k:05d}.safetensors" for k in range(len(shards))]
     for name, content in zip(names, shards):
         tmp = wdir / (name + TMP_SUFFIX)
-        save_file(content, str(tmp), metadata={"format": "np", "zoo": zoo, "bundle": bundle_id})
+        # one metadata key: safetensors writes a metadata map in arbitrary order, and shards must be
+        # byte-identical between runs (resumed builds are checked by sha256)
+        meta = {"weight-zoo": json.dumps({"zoo": zoo, "bundle": bundle_id, "format": FORMAT}, sort_keys=True)}
+        save_file(content, str(tmp), metadata=meta)
         _fsync_replace(tmp, wdir / name)
     for row in rows:
         row["shard"] = f"weights/{zoo}/{names[prefix_shard[row['tensor_prefix']]]}"

@@ -18,8 +18,11 @@ VALID_ARGS = {"image_column", "label_column", "train_split", "test_split", "conf
 
 def _to_array(images, where: str) -> np.ndarray:
     arrays = []
+    integer = True
     for i, img in enumerate(images):
-        a = np.asarray(img, dtype=np.float32)
+        a = np.asarray(img)
+        integer = integer and a.dtype.kind in "ui"
+        a = a.astype(np.float32)
         if a.ndim == 2:
             a = a[None]
         elif a.ndim == 3:
@@ -35,7 +38,7 @@ def _to_array(images, where: str) -> np.ndarray:
     if not arrays:
         raise ZooError(f"{where}: the split is empty")
     x = np.stack(arrays)
-    return x / 255.0 if x.max() > 1.0 else x
+    return x / 255.0 if integer else x  # 8-bit pixels -> [0, 1]; float images are kept as they are
 
 
 def load_hf_task(repo_id: str, args: dict) -> Task:

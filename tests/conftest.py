@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny zoo specs, and a data cache shared by all tests of a run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _data_cache(tmp_path_factory):
+    """Generated data sets (MNIST-1D) are cached once per test run, never in the user's home."""
+    if "ZOO_CACHE" not in os.environ:
+        os.environ["ZOO_CACHE"] = str(tmp_path_factory.mktemp("zoo-cache"))
+    yield
+
+
+def tiny_spec(name: str = "tiny", **over) -> dict:
+    """A 2x2 plane x 2 seeds of small MLPs on MNIST-1D, 2 epochs: seconds to train."""
+    spec = {
+        "name": name,
+        "task": "mnist1d",
+        "model": {"family": "mlp", "depth": 1},
+        "training": {"epochs": 2, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "data_fraction": 0.5},
+        "axes": {
+            "temperature": {"param": "batch_size", "values": [64, 128]},
+            "load": {"param": "width", "values": [4, 8]},
+        },
+        "seeds": [0, 1],
+        "checkpoints": [0, 1, 2],
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(spec.get(k), dict):
+            spec[k] = {**spec[k], **v}
+        else:
+            spec[k] = v
+    return spec
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

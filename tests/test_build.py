@@ -1,0 +1,171 @@
+"""End to end through a real local Ray: build a tiny 2x2x2 grid, read it back with `datasets`,
+rebuild models from rows, verify the manifest, resume after a kill, survive a dead worker."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import zoo
+from zoo import store
+from tests.conftest import tiny_spec, write_spec
+
+pytestmark = pytest.mark.slow
+
+SPEC = tiny_spec("tiny_grid", compute={"max_members": 1}, training={"epochs": 3}, checkpoints=[0, 1, 3])  # 8 one-member bundles
+
+
+def zoo_cmd(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every data/weights file: what must be identical between builds."""
+    return {str(p.relative_to(root)): store.sha256_file(p)
+            for sub in ("data", "weights") for p in sorted((root / sub).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory) -> Path:
+    return write_spec(tmp_path_factory.mktemp("spec") / "tiny_grid.yaml", SPEC)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, spec_file) -> Path:
+    out = tmp_path_factory.mktemp("zoo") / "phases"
+    r = zoo_cmd("build", "--phase", "grid", "--config", str(spec_file), "--out", str(out), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_layout_manifest_and_info(built):
+    m = json.loads((built / "manifest.json").read_text())
+    z = m["zoos"]["tiny_grid"]
+    assert z["status"] == "complete" and z["models"] == 8 and z["cells"] == 4 and z["rows"] == 8 * 3
+    assert z["spec"]["axes"]["load"]["values"] == [4, 8]
+    assert set(m["versions"]) >= {"torch", "datasets", "ray"}
+    assert len(list((built / "data/tiny_grid").glob("models-*.parquet"))) == 8
+    assert list((built / "weights/tiny_grid").glob("shard-*.safetensors"))
+    assert not list(built.rglob("*.tmp"))
+    r = zoo_cmd("info", str(built))
+    assert r.returncode == 0 and "tiny_grid" in r.stdout and "complete" in r.stdout
+    r = zoo_cmd("verify", str(built))
+    assert r.returncode == 0, r.stdout
+
+
+def test_load_dataset_with_declared_features(built):
+    card = (built / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    declared = datasets.Features._from_yaml_list(header["dataset_info"][0]["features"])
+    assert header["configs"][0]["config_name"] == "tiny_grid"
+    ds = datasets.load_dataset(str(built), "tiny_grid", split="train")
+    assert ds.features == declared == store.features()
+    assert len(ds) == 24 and set(ds["epoch"]) == {0, 1, 3}
+    one_width = ds.filter(lambda r: r["width"] == 4).with_format("torch")
+    X, acc = one_width["weights"][:], one_width["test_acc"][:]  # datasets >= 4: columns are lazy
+    assert X.dtype.is_floating_point and X.shape == (12, 40 * 4 + 4 + 4 * 10 + 10) and acc.shape == (12,)
+    # the columns say what the spec says
+    assert set(ds["batch_size"]) == {64, 128} and set(ds["width"]) == {4, 8} and set(ds["seed"]) == {0, 1}
+    assert all(len(c) == 4 for c in ds["curve_test_acc"])
+
+
+def test_load_model_reproduces_the_row(built):
+    ds = datasets.load_dataset(str(built), "tiny_grid", split="train")
+    for i in (0, 5, 23):
+        row = ds[i]
+        model = zoo.load_model(row)
+        assert zoo.evaluate(model, row["task"]) == {"test_loss": row["test_loss"], "test_acc": row["test_acc"]}
+        from_shard = zoo.load_model(row, root=built)
+        for k, v in model.state_dict().items():
+            assert v.equal(from_shard.state_dict()[k])
+    # the learning curve at a checkpoint epoch is the row's value
+    row = ds[3]
+    assert row["curve_test_acc"][row["epoch"]] == row["test_acc"]
+
+
+def test_verify_catches_tampering(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    victim = sorted((copy / "data/tiny_grid").glob("*.parquet"))[0]
+    t = pq.read_table(victim)
+    pq.write_table(t.slice(0, t.num_rows - 1), victim)
+    r = zoo_cmd("verify", str(copy))
+    assert r.returncode == 1
+    assert victim.name in r.stdout and "sha256" in r.stdout and "rows = 23" in r.stdout
+
+
+def test_rerun_trains_nothing_and_changes_nothing(built, spec_file):
+    before = snapshot(built)
+    r = zoo_cmd("build", "--config", str(spec_file), "--out", str(built), "--no-ray")
+    assert r.returncode == 0, r.stderr
+    assert "8 models already built, 0 bundles to train" in " ".join(r.stderr.split())
+    assert snapshot(built) == before
+
+
+def test_changed_spec_into_same_folder_is_refused(built, tmp_path):
+    changed = write_spec(tmp_path / "changed.yaml", {**SPEC, "seeds": [0, 1, 2]})
+    before = snapshot(built)
+    r = zoo_cmd("build", "--config", str(changed), "--out", str(built), "--no-ray")
+    assert r.returncode == 2
+    assert r.stderr.startswith("zoo: error:") and "different spec" in r.stderr and "Traceback" not in r.stderr
+    assert snapshot(built) == before
+
+
+def _wait_for(cond, timeout=240.0, every=0.05):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_killed_build_resumes_to_identical_rows(built, spec_file, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", "build", "--config", str(spec_file), "--out", str(out), "--workers", "1", "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    committed = lambda: list((out / "data/tiny_grid").glob("models-*.parquet")) if (out / "data/tiny_grid").exists() else []
+    assert _wait_for(lambda: len(committed()) >= 2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(committed())
+    assert 2 <= n_done < 8, "the build finished before it could be interrupted"
+    assert store.verify(out)  # an interrupted build does not pass verification
+    r = zoo_cmd("build", "--config", str(spec_file), "--out", str(out), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"{n_done} models already built" in " ".join(r.stderr.split())
+    assert snapshot(out) == snapshot(built)
+    assert zoo_cmd("verify", str(out)).returncode == 0
+
+
+def test_dead_worker_is_retried(built, spec_file, tmp_path):
+    out = tmp_path / "worker-killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", "build", "--config", str(spec_file), "--out", str(out), "--workers", "1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def kill_a_worker() -> bool:
+        ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        pids = [int(line.split()[0]) for line in ps.splitlines() if "ray::train_bundle" in line]
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        return bool(pids)
+
+    assert _wait_for(kill_a_worker, every=0.02)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert snapshot(out) == snapshot(built)
