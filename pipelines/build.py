@@ -55,6 +55,11 @@ def build(collection: Collection, out: str | Path, phase: str = "grid", address:
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise ZooError(f"--workers must be >= 1 (got {workers})")
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"--out {out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise ZooError(f"--out {out}: folder is not empty and holds no zoo dataset (no manifest.json); "
+                       "choose a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     store.remove_temp_files(out)
     manifest = store.read_manifest(out)
@@ -97,23 +102,47 @@ def _commit(out: Path, b: Bundle, result: dict, specs: dict[str, ZooSpec]) -> No
                        specs[b.zoo].storage.shard_max_mb)
 
 
-def _progress(console, finished: int, total: int):
-    if console is None:
-        return None, None
-    p = Progress(TextColumn("[bold blue]training"), BarColumn(), MofNCompleteColumn(), TextColumn("models"),
-                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
-    task = p.add_task("models", total=total, completed=finished)
-    return p, task
+class _Reporter:
+    """Progress of models done / total with ETA: a live bar on a terminal, one line per bundle in logs."""
+
+    def __init__(self, console: Console | None, finished: int, total: int):
+        self.console, self.done, self.total, self.start_done = console, finished, total, finished
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if console is not None and console.is_terminal:
+            self.bar = Progress(TextColumn("[bold blue]training"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("models"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=console)
+            self.task = self.bar.add_task("models", total=total, completed=finished)
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+        return False
+
+    def advance(self, b: Bundle, seconds: float) -> None:
+        self.done += len(b.members)
+        if self.bar:
+            self.bar.advance(self.task, len(b.members))
+        elif self.console is not None:
+            elapsed = time.perf_counter() - self.t0
+            rate = (self.done - self.start_done) / max(elapsed, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            self.console.print(f"[{self.done}/{self.total} models] {b.zoo} bundle {b.index} "
+                               f"({len(b.members)} models, {seconds:.1f}s); ETA {eta:.0f}s", highlight=False)
 
 
 def _run_local(pending, specs, out, address, workers, finished, total, console) -> None:
-    p, t = _progress(console, finished, total)
-    with p or _Null():
+    with _Reporter(console, finished, total) as rep:
         for b in pending:
             res = train_bundle(specs[b.zoo].to_json(), [m.model_id for m in b.members], b.bundle_id)
             _commit(out, b, res, specs)
-            if p:
-                p.advance(t, len(b.members))
+            rep.advance(b, res["seconds"])
 
 
 def _run_ray(pending, specs, out, address, workers, finished, total, console) -> None:
@@ -123,9 +152,8 @@ def _run_ray(pending, specs, out, address, workers, finished, total, console) ->
         spec_refs = {name: ray.put(s.to_json()) for name, s in specs.items()}
         queue = list(pending)
         in_flight: dict = {}
-        p, t = _progress(console, finished, total)
         started = time.perf_counter()
-        with p or _Null():
+        with _Reporter(console, finished, total) as rep:
             while queue or in_flight:
                 while queue and len(in_flight) < workers:
                     b = queue.pop(0)
@@ -142,17 +170,8 @@ def _run_ray(pending, specs, out, address, workers, finished, total, console) ->
                             raise ZooError(str(cause).splitlines()[-1]) from None
                         raise
                     _commit(out, b, res, specs)
-                    if p:
-                        p.advance(t, len(b.members))
+                    rep.advance(b, res["seconds"])
         if console:
             console.print(f"trained {sum(len(b.members) for b in pending)} models in {time.perf_counter() - started:.1f}s")
     finally:
         ray.shutdown()  # stops the local Ray, or disconnects from a cluster
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
