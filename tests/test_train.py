@@ -55,7 +55,8 @@ def task():
     ],
     ids=["sgd-cosine", "nesterov-onecycle", "adam", "adamw"],
 )
-def test_population_equals_one_at_a_time(task, common):
+@pytest.mark.parametrize("vectorize", ["auto", "vmap"])
+def test_population_equals_one_at_a_time(task, common, vectorize):
     common = {**common, "batch_size": 128, "epochs": 2, "data_fraction": 0.5}
     lr = 0.05 if common["optimizer"] == "sgd" else 0.003
     members = [
@@ -63,7 +64,7 @@ def test_population_equals_one_at_a_time(task, common):
         MemberConfig("b", seed=1, lr=lr * 2, weight_decay=1e-3, label_noise=0.2),
         MemberConfig("c", seed=2, lr=lr / 2, weight_decay=5e-4),
     ]
-    pop = Population(task, ARCH, "kaiming_uniform", common, members)
+    pop = Population(task, ARCH, "kaiming_uniform", common, members, vectorize=vectorize)
     for epoch in (1, 2):
         pop.train_epoch(epoch)
     for i, m in enumerate(members):
@@ -78,12 +79,16 @@ def test_population_equals_one_at_a_time(task, common):
     assert (init["fc0.weight"] - pop.member_state(0)["fc0.weight"]).abs().max() > 1e-3
 
 
-def test_cnn_population_equals_one_at_a_time():
-    task = tasks.load("digits")
+@pytest.mark.parametrize("vectorize", ["auto", "vmap"])
+@pytest.mark.parametrize("task_name", ["digits", "mnist1d"])
+def test_cnn_population_equals_one_at_a_time(task_name, vectorize):
+    task = tasks.load(task_name)
     arch = {"family": "cnn", "width": 8, "depth": 2}
-    common = {"optimizer": "sgd", "momentum": 0.9, "batch_size": 64, "epochs": 2, "schedule": "constant"}
-    members = [MemberConfig("a", 0, 0.05), MemberConfig("b", 1, 0.1)]
-    pop = Population(task, arch, "kaiming_uniform", common, members)
+    common = {"optimizer": "sgd", "momentum": 0.9, "batch_size": 64, "epochs": 2, "schedule": "constant",
+              "data_fraction": 0.5 if task_name == "mnist1d" else 1.0}
+    members = [MemberConfig("a", 0, 0.05, weight_decay=1e-3), MemberConfig("b", 1, 0.1)]
+    pop = Population(task, arch, "kaiming_uniform", common, members, vectorize=vectorize)
+    assert pop.vectorized_by == ("stacked" if vectorize == "auto" else "vmap")
     pop.train_epoch(1)
     pop.train_epoch(2)
     for i, m in enumerate(members):

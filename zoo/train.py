@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from zoo import nets
+from zoo.stacked import stacked_forward
 from zoo.tasks import Task
 
 EVAL_CHUNK = 1000  # samples per forward pass in evaluation; fixed so results are reproducible
@@ -132,7 +133,8 @@ class Population:
     batch_size, epochs, schedule, data_fraction); per-member fields are in MemberConfig.
     """
 
-    def __init__(self, task: Task, arch: dict, init: str, common: dict, members: list[MemberConfig]):
+    def __init__(self, task: Task, arch: dict, init: str, common: dict, members: list[MemberConfig],
+                 vectorize: str = "auto"):
         if not members:
             raise ValueError("a population needs at least one member")
         self.task, self.arch, self.init, self.common, self.members = task, dict(arch), init, common, members
@@ -148,7 +150,9 @@ class Population:
         M = len(members)
         self.lr = torch.tensor([m.lr for m in members], dtype=torch.float32)  # (M,)
         self.wd = torch.tensor([m.weight_decay for m in members], dtype=torch.float32)  # (M,)
+        self._any_wd = bool((self.wd != 0).any())
         self.alive = torch.ones(M, dtype=torch.bool)
+        self._all_alive = True
         self.diverged_epoch: list[int | None] = [None] * M
         # data: one shared subset, per-member (possibly noisy) labels
         self.subset = train_subset(task.n_train, float(common.get("data_fraction", 1.0)))
@@ -156,7 +160,12 @@ class Population:
         y = task.y_train[self.subset]
         self.y = torch.stack([noisy_labels(y, m.label_noise, task.n_classes) for m in members])  # (M, n)
         self.order_gens = [torch.Generator().manual_seed(derived_seed("order", m.seed)) for m in members]
-        self._fwd = vmap(self._forward_one, in_dims=(0, 0, 0))
+        # "auto": hand-batched kernels where the net allows (zoo.stacked), else vmap; "vmap": always vmap
+        if vectorize not in ("auto", "vmap"):
+            raise ValueError(f"vectorize must be 'auto' or 'vmap' (got {vectorize!r})")
+        stacked = stacked_forward(self.template) if vectorize == "auto" else None
+        self.vectorized_by = "stacked" if stacked else "vmap"
+        self._fwd = stacked or vmap(self._forward_one, in_dims=(0, 0, 0))
         self._opt_state: dict[str, dict[str, torch.Tensor]] = {}
         self.step_count = 0
 
@@ -172,40 +181,51 @@ class Population:
         return v.view(-1, *([1] * (like.dim() - 1)))
 
     @torch.no_grad()
-    def _optimizer_step(self, grads: dict[str, torch.Tensor], mult: float) -> None:
+    def _optimizer_step(self, grads: list[torch.Tensor], mult: float) -> None:
+        """One step of SGD / Adam / AdamW on the stacked tensors, in place, per-member lr and wd.
+
+        The update rules are torch.optim's (SGD: g += wd p; buf = m buf + g; p -= lr buf; Adam:
+        bias-corrected moments, L2 decay; AdamW: decoupled decay). Frozen members get lr 0 and
+        a zeroed gradient, so their weights do not move.
+        """
         c = self.common
         opt = c.get("optimizer", "sgd")
         self.step_count += 1
         t = self.step_count
-        for name, p in self.params.items():
-            g = grads[name]
-            lr = self._bcast(self.lr * mult, p)
-            wd = self._bcast(self.wd, p)
-            alive = self._bcast(self.alive, p)
+        all_alive = self._all_alive
+        lr_vec = self.lr * mult if all_alive else self.lr * mult * self.alive  # (M,)
+        for p, g, name in zip(self.params.values(), grads, self.params):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            lr, wd = lr_vec.view(shape), self.wd.view(shape)
+            if not all_alive:
+                g = torch.where(self.alive.view(shape), g, torch.zeros_like(g))
             st = self._opt_state.setdefault(name, {})
             if opt == "sgd":
-                g = g + wd * p
+                if self._any_wd:
+                    g = g.addcmul(p, wd)
                 mom = float(c.get("momentum", 0.0))
                 if mom:
                     buf = st.get("buf")
-                    buf = g.clone() if buf is None else buf * mom + g
-                    st["buf"] = buf
-                    g = g + mom * buf if c.get("nesterov") else buf
-                new = p - lr * g
+                    if buf is None:
+                        buf = st["buf"] = g.clone()
+                    else:
+                        buf.mul_(mom).add_(g)
+                    g = g.add(buf, alpha=mom) if c.get("nesterov") else buf
+                p.addcmul_(g, lr, value=-1.0)
             else:
                 b1, b2 = c.get("betas", (0.9, 0.999))
                 eps = float(c.get("eps", 1e-8))
-                base = p
                 if opt == "adamw":
-                    base = p * (1 - lr * wd)
-                else:
-                    g = g + wd * p
-                m = st.get("m", torch.zeros_like(p)).lerp(g, 1 - b1)
-                v = st.get("v", torch.zeros_like(p)) * b2 + (1 - b2) * g * g
-                st["m"], st["v"] = m, v
-                denom = v.sqrt() / math.sqrt(1 - b2**t) + eps
-                new = base - (lr / (1 - b1**t)) * m / denom
-            p.copy_(torch.where(alive, new, p))
+                    p.mul_(1 - lr * wd)
+                elif self._any_wd:
+                    g = g.addcmul(p, wd)
+                if "m" not in st:
+                    st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                m, v = st["m"], st["v"]
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(eps)
+                p.addcmul_(m / denom, lr, value=-1.0 / (1 - b1**t))
 
     @torch.no_grad()
     def _evaluate_all(self) -> dict[str, torch.Tensor]:
@@ -260,17 +280,21 @@ class Population:
             logits = self._fwd(self.params, self.buffers, xb)  # (M, b, classes)
             losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(M, -1).mean(1)
             finite = torch.isfinite(losses)
-            newly = self.alive & ~finite
-            if bool(newly.any()):
+            if not bool(finite.all()):  # one host sync per step; rare branch
+                newly = self.alive & ~finite
                 for i in newly.nonzero().flatten().tolist():
                     self.diverged_epoch[i] = epoch
                 self.alive &= finite
-            if not bool(self.alive.any()):
-                return
-            total_loss = torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
+                self._all_alive = bool(self.alive.all())
+                if not bool(self.alive.any()):
+                    return
+            if self._all_alive:
+                total_loss = losses.sum()
+            else:
+                total_loss = torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
             grads = torch.autograd.grad(total_loss, leaves)
             mult = lr_multiplier(self.common.get("schedule", "constant"), self.step_count, total)
-            self._optimizer_step(dict(zip(self.params, grads)), mult)
+            self._optimizer_step(list(grads), mult)
 
     def fit(self, checkpoints: list[int], progress: Callable[[int, int], None] | None = None) -> list[MemberResult]:
         """Train for `epochs`; evaluate every epoch; snapshot state and exact metrics at checkpoints."""
@@ -285,6 +309,7 @@ class Population:
             for i in range(M):
                 if self.alive[i] and not math.isfinite(float(ev["train_loss"][i])):
                     self.alive[i] = False
+                    self._all_alive = False
                     self.diverged_epoch[i] = epoch
             for i in range(M):
                 row = {k: float(ev[k][i]) for k in curves}
