@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Isolate the Hugging Face caches before `datasets` is imported anywhere: `datasets` caches a
+# local folder's parquet files under keys that survive a rebuild with the same file names, so a
+# shared cache would serve rows from an earlier test run.
+_HF = tempfile.mkdtemp(prefix="zoo-tests-hf-")
+os.environ["HF_HOME"] = _HF
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HF, "datasets")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
