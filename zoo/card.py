@@ -10,15 +10,20 @@ from zoo import store
 
 def _yaml_header(manifest: dict) -> dict:
     feats = store.features()._to_yaml_list()
+    cell_feats = store.cell_features()._to_yaml_list()
     configs, infos = [], []
-    for i, (name, z) in enumerate(sorted(manifest["zoos"].items())):
+    for name, z in sorted(manifest["zoos"].items()):
         if z.get("status") != "complete":
             continue
         cfg = {"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/models-*.parquet"}]}
-        if i == 0:
+        if not configs:
             cfg["default"] = True
         configs.append(cfg)
         infos.append({"config_name": name, "features": feats})
+        if "phases" in z:  # the metrics stage ran: the per-cell table is its own config
+            configs.append({"config_name": f"{name}_cells",
+                            "data_files": [{"split": "train", "path": f"data/{name}/cells-*.parquet"}]})
+            infos.append({"config_name": f"{name}_cells", "features": cell_feats})
     return {
         "pretty_name": f"{manifest.get('collection', 'zoo')} model zoo",
         "tags": ["weight-space-learning", "model-zoo", "phase-transitions", "safetensors"],
@@ -29,6 +34,12 @@ def _yaml_header(manifest: dict) -> dict:
 
 def _fmt_values(values) -> str:
     return ", ".join(f"{v:g}" for v in values)
+
+
+def _fmt_phases(phases: dict | None) -> str:
+    if not phases:
+        return "not computed"
+    return ", ".join(f"{p or 'undetermined'}: {n}" for p, n in phases.items())
 
 
 def render(manifest: dict, repo_id: str | None = None) -> str:
@@ -47,8 +58,8 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         "",
         "## Zoos",
         "",
-        "| zoo | task | family | temperature | load | seeds | epochs | models | rows | diverged | parameters |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| zoo | task | family | temperature | load | seeds | epochs | models | rows | diverged | parameters | phases (cells) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in zoos:
         z = manifest["zoos"][name]
@@ -57,7 +68,8 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         lines.append(
             f"| {name} | {s['task']} | {s['model']['family']} | {t['param']}: {_fmt_values(t['values'])} "
             f"| {l['param']}: {_fmt_values(l['values'])} | {len(s['seeds'])} | {s['training']['epochs']} "
-            f"| {z['models']} | {z['rows']} | {z['diverged']} | {z['n_params']['min']:,}–{z['n_params']['max']:,} |"
+            f"| {z['models']} | {z['rows']} | {z['diverged']} | {z['n_params']['min']:,}–{z['n_params']['max']:,} "
+            f"| {_fmt_phases(z.get('phases'))} |"
         )
     first = zoos[0] if zoos else "<zoo>"
     lines += [
@@ -77,12 +89,27 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         "`<model_id>/<epoch>/<param>` with their exact shapes; `zoo.load_model(row, root=DIR)` reads "
         "them when a row has no flat `weights` (models above the size limit).",
         "",
+        "Each zoo with computed landscape metrics also has a `<zoo>_cells` config: one row per cell "
+        "(its Hessian, CKA, mode-connectivity curves and phase label), e.g. "
+        f'`load_dataset("{where}", "{first}_cells", split="train")`.',
+        "",
+        "## Phases",
+        "",
+        "Every cell is labelled by one explicit rule (`zoo/landscape/phases.py`, thresholds in the "
+        "spec's `metrics.phases`): under-trained cells are phase I (mode connectivity mc < 0) or II "
+        "(mc >= 0); trained cells are III (mc < 0, a barrier between seeds) or IV (connected), split "
+        "by the CKA of the seeds' logits into IV-A (low) and IV-B (high). The label and the cell's "
+        "metrics are copied onto every model row of the cell.",
+        "",
         "## Columns",
         "",
         "| column | type | description |",
         "|---|---|---|",
     ]
     for col, (typ, desc) in store.COLUMNS.items():
+        lines.append(f"| `{col}` | {typ} | {desc} |")
+    lines += ["", "Columns of the `<zoo>_cells` configs:", "", "| column | type | description |", "|---|---|---|"]
+    for col, (typ, desc) in store.CELL_COLUMNS.items():
         lines.append(f"| `{col}` | {typ} | {desc} |")
     lines += [
         "",
@@ -96,7 +123,7 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
     ]
     figs = sorted(manifest.get("figures", []))
     if figs:
-        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
+        lines += ["## Phase diagrams", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
     return "\n".join(lines)
 
 

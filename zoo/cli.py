@@ -1,4 +1,4 @@
-"""`zoo build | info | verify`: the command line of the dataset builder.
+"""`zoo build | metrics | plot | info | verify`: the command line of the dataset builder.
 
 User mistakes print one line `zoo: error: ...` and exit with code 2; `verify` exits 1 when the
 folder does not match its manifest.
@@ -25,6 +25,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, help="concurrent bundles (default: the number of CPU cores)")
     b.add_argument("--no-ray", action="store_true", help="train bundles in this process (debugging)")
     b.add_argument("--quiet", action="store_true", help="no progress output")
+    b.add_argument("--no-metrics", action="store_true", help="train only; compute the landscape metrics later with `zoo metrics`")
+    m = sub.add_parser("metrics", help="compute (or complete) the landscape metrics and phases of a built dataset")
+    m.add_argument("dir")
+    m.add_argument("--zoo", action="append", help="only this zoo (repeatable; default: all)")
+    m.add_argument("--recompute", action="store_true", help="discard finished cells and compute all again")
+    m.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
+    m.add_argument("--workers", type=int, help="concurrent cells (default: the number of CPU cores)")
+    m.add_argument("--no-ray", action="store_true", help="compute in this process (debugging)")
+    m.add_argument("--quiet", action="store_true", help="no progress output")
+    pl = sub.add_parser("plot", help="(re)draw the phase diagrams and learning curves of a dataset")
+    pl.add_argument("dir")
+    pl.add_argument("--zoo", action="append", help="only this zoo (repeatable; default: all with metrics)")
     i = sub.add_parser("info", help="table of the zoos in a dataset folder")
     i.add_argument("dir")
     v = sub.add_parser("verify", help="check sha256 and row counts against manifest.json (exit 1 on mismatch)")
@@ -39,8 +51,46 @@ def cmd_build(a) -> int:
     cfg = Path(a.config) if a.config else default_config_path()
     collection = load_config(cfg)
     manifest = build(collection, a.out, phase=a.phase, address=a.address, workers=a.workers,
-                     use_ray=not a.no_ray, progress=not a.quiet)
+                     use_ray=not a.no_ray, progress=not a.quiet, metrics=not a.no_metrics)
     _print_info(Path(a.out), manifest)
+    return 0
+
+
+def cmd_metrics(a) -> int:
+    from pipelines import metrics
+    from pipelines.build import finalize
+
+    root = Path(a.dir)
+    manifest = metrics.compute(root, a.zoo, address=a.address, workers=a.workers, use_ray=not a.no_ray,
+                               progress=not a.quiet, recompute=a.recompute)
+    _print_info(root, finalize(root, manifest))
+    return 0
+
+
+def cmd_plot(a) -> int:
+    from pipelines.build import finalize
+    from zoo import plots, store
+
+    root = Path(a.dir)
+    if not (root / "manifest.json").exists():
+        raise ZooError(f"{root}: no manifest.json; not a zoo dataset folder")
+    manifest = store.read_manifest(root)
+    names = a.zoo or [n for n, z in sorted(manifest["zoos"].items()) if "phases" in z]
+    if not names:
+        raise ZooError(f"{root}: no zoo with landscape metrics; run `zoo metrics {root}` first")
+    written = []
+    for name in names:
+        cells = store.read_cells(root, name)
+        if cells is None:
+            raise ZooError(f"{root}: zoo {name!r} has no cell metrics; run `zoo metrics {root} --zoo {name}`")
+        written += plots.plot_zoo(cells.to_pylist(), name, root / "figures")
+        written.append(plots.learning_curves(store.read_rows(root, name).to_pandas(), name,
+                                             root / "figures" / f"{name}-learning-curves.png"))
+    figs = set(manifest.get("figures", [])) | {str(Path(p).relative_to(root)) for p in written}
+    manifest["figures"] = sorted(figs)
+    finalize(root, manifest)
+    for p in written:
+        print(p)
     return 0
 
 
@@ -95,7 +145,8 @@ def cmd_verify(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "info": cmd_info, "verify": cmd_verify}[a.cmd](a)
+        return {"build": cmd_build, "metrics": cmd_metrics, "plot": cmd_plot, "info": cmd_info,
+                "verify": cmd_verify}[a.cmd](a)
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return e.exit_code

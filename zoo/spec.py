@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zoo import nets, tasks
 from zoo.errors import ZooError
+from zoo.landscape.phases import PhaseThresholds
 
 TEMPERATURE_PARAMS = ("batch_size", "lr")
 LOAD_PARAMS = ("width", "data_fraction", "label_noise")
@@ -102,8 +103,34 @@ class Axes(_Strict):
         return self
 
 
+class HessianSettings(_Strict):
+    """Hessian of the training loss on `batches` x `batch_size` fixed training samples."""
+
+    batches: int = Field(4, ge=1)
+    batch_size: int = Field(256, ge=1)
+    max_iter: int = Field(50, ge=1)  # power iterations (top eigenvalue)
+    probes: int = Field(100, ge=1)  # at most this many Hutchinson probes (trace)
+    tol: float = Field(1e-3, ge=0)  # relative tolerance of both (PyHessian's stopping rule)
+
+
+class CKASettings(_Strict):
+    samples: int = Field(1000, ge=2)  # held-out (test) samples the representations are taken on
+
+
+class ConnectivitySettings(_Strict):
+    epochs: int = Field(4, ge=0)  # epochs of training the Bezier control point
+    lr: float = Field(0.01, gt=0)  # Adam learning rate of the control point
+    batch_size: int = Field(128, ge=1)
+    points: int = Field(11, ge=3)  # evenly spaced t in [0, 1] where the curve is evaluated
+
+
 class Metrics(_Strict):
     epoch: int | None = None  # default: the last epoch
+    enabled: bool = True  # compute landscape metrics and phases as part of `zoo build`
+    hessian: HessianSettings = Field(default_factory=HessianSettings)
+    cka: CKASettings = Field(default_factory=CKASettings)
+    connectivity: ConnectivitySettings = Field(default_factory=ConnectivitySettings)
+    phases: PhaseThresholds = Field(default_factory=PhaseThresholds)
 
 
 class Storage(_Strict):
@@ -199,6 +226,13 @@ class ZooSpec(_Strict):
         }
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         return Member(model_id=digest, cell=cell, seed=seed, arch=arch, training=train)
+
+    def training_json(self) -> dict:
+        """The part of the spec that determines the trained models (not metrics, not prose)."""
+        d = self.to_json()
+        for k in ("metrics", "description"):
+            d.pop(k, None)
+        return d
 
     def to_json(self) -> dict:
         d = self.model_dump(mode="json")

@@ -70,6 +70,46 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "weights": (pa.list_(pa.float32()), "flat float32 state_dict in state_dict order; null above the size limit"),
 }
 
+# landscape metrics of the model's cell (at the spec's metrics epoch), copied onto every row
+CELL_METRICS: dict[str, tuple[pa.DataType, str]] = {
+    "hessian_top_eig": (pa.float64(), "top Hessian eigenvalue of the training loss (power iteration), mean over the cell's seeds"),
+    "hessian_trace": (pa.float64(), "Hessian trace of the training loss (Hutchinson, Rademacher probes), mean over seeds"),
+    "log_hessian_trace": (pa.float64(), "log10 of hessian_trace (null if the trace is not positive)"),
+    "cka_logits": (pa.float64(), "linear CKA of the logits between seeds on held-out data, mean over seed pairs"),
+    "cka_features": (pa.float64(), "linear CKA of the penultimate features between seeds, mean over seed pairs"),
+    "mc_loss": (pa.float64(), "mode connectivity on training loss along a Bezier curve between seeds, ½(v0+v1) − v(t*); < 0 = barrier"),
+    "mc_error": (pa.float64(), "mode connectivity on training error, same definition"),
+    "phase": (pa.string(), "phase of the cell: I, II, III, IV-A or IV-B (empty when undetermined)"),
+}
+COLUMNS.update({k: (t, d + " [cell metric]") for k, (t, d) in CELL_METRICS.items()})
+
+# the per-cell table: data/<zoo>/cells-<ti>-<li>.parquet, one row per cell
+CELL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "zoo": (pa.string(), "zoo name"),
+    "cell": (pa.string(), "cell id T<i>L<j>"),
+    "temperature_param": (pa.string(), "hyperparameter on the temperature axis"),
+    "temperature": (pa.float64(), "its value"),
+    "load_param": (pa.string(), "hyperparameter on the load axis"),
+    "load": (pa.float64(), "its value"),
+    "metrics_epoch": (pa.int64(), "checkpoint epoch the metrics are computed at"),
+    "n_models": (pa.int64(), "models of the cell that did not diverge (the ones measured)"),
+    "n_diverged": (pa.int64(), "models of the cell that diverged (excluded)"),
+    "n_pairs": (pa.int64(), "seed pairs used for CKA and mode connectivity"),
+    "train_loss": (pa.float64(), "mean training loss of the cell's models at the metrics epoch"),
+    "train_error": (pa.float64(), "mean training error (1 - accuracy)"),
+    "test_loss": (pa.float64(), "mean test loss"),
+    "test_acc": (pa.float64(), "mean test accuracy"),
+    **{k: v for k, v in CELL_METRICS.items() if k != "phase"},
+    "hessian_trace_stderr": (pa.float64(), "standard error of the Hutchinson trace, mean over seeds"),
+    "curve_t": (pa.list_(pa.float64()), "positions t in [0, 1] where the Bezier curves were evaluated"),
+    "curve_loss": (pa.list_(pa.float64()), "training loss along the curve, mean over seed pairs"),
+    "curve_error": (pa.list_(pa.float64()), "training error along the curve, mean over seed pairs"),
+    "member_ids": (pa.list_(pa.string()), "model ids measured, in seed order"),
+    "member_hessian_top_eig": (pa.list_(pa.float64()), "each model's own top Hessian eigenvalue"),
+    "member_hessian_trace": (pa.list_(pa.float64()), "each model's own Hessian trace"),
+    "phase": CELL_METRICS["phase"],
+}
+
 
 def schema() -> pa.Schema:
     return pa.schema([(name, typ) for name, (typ, _) in COLUMNS.items()])
@@ -79,6 +119,16 @@ def features():
     import datasets
 
     return datasets.Features.from_arrow_schema(schema())
+
+
+def cell_schema() -> pa.Schema:
+    return pa.schema([(name, typ) for name, (typ, _) in CELL_COLUMNS.items()])
+
+
+def cell_features():
+    import datasets
+
+    return datasets.Features.from_arrow_schema(cell_schema())
 
 
 # ---- atomic writes --------------------------------------------------------------------------
@@ -170,11 +220,63 @@ def write_bundle(root: Path, zoo: str, index: int, bundle_id: str, rows: list[di
     _fsync_replace(tmp, final)
 
 
+def model_files(root: Path, zoo: str) -> list[Path]:
+    return sorted(data_dir(root, zoo).glob("models-*.parquet"))
+
+
 def read_rows(root: Path, zoo: str) -> pa.Table:
-    files = sorted(data_dir(root, zoo).glob("models-*.parquet"))
+    files = model_files(root, zoo)
     if not files:
         raise ZooError(f"{data_dir(root, zoo)}: no parquet files for zoo {zoo!r}")
     return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def read_state(root: Path, row: dict) -> dict[str, np.ndarray]:
+    """The checkpoint of a row from its shard (canonical, shape-exact), in stored order."""
+    from safetensors import safe_open
+
+    path = Path(root) / row["shard"]
+    prefix = row["tensor_prefix"]
+    with safe_open(str(path), framework="np") as f:
+        keys = [k for k in f.keys() if k.startswith(prefix)]
+        if not keys:
+            raise ZooError(f"{path}: no tensors under {prefix!r}")
+        return {k[len(prefix):]: f.get_tensor(k) for k in keys}
+
+
+# ---- cells ----------------------------------------------------------------------------------
+def cell_file(root: Path, zoo: str, ti: int, li: int) -> Path:
+    return data_dir(root, zoo) / f"cells-{ti:03d}-{li:03d}.parquet"
+
+
+def cell_files(root: Path, zoo: str) -> list[Path]:
+    return sorted(data_dir(root, zoo).glob("cells-*.parquet"))
+
+
+def write_cell(path: Path, row: dict) -> None:
+    """Commit one cell's metrics (one-row parquet) atomically."""
+    table = pa.Table.from_pylist([row], schema=cell_schema())
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    pq.write_table(table, tmp)
+    _fsync_replace(tmp, path)
+
+
+def read_cells(root: Path, zoo: str) -> pa.Table | None:
+    files = cell_files(root, zoo)
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def annotate_models(root: Path, zoo: str, cells: dict[str, dict]) -> None:
+    """Copy each cell's metrics onto its model rows (rewrites each models file atomically)."""
+    for f in model_files(root, zoo):
+        t = pq.read_table(f)
+        ids = t.column("cell").to_pylist()
+        for col in CELL_METRICS:
+            values = [cells.get(c, {}).get(col) for c in ids]
+            t = t.set_column(t.schema.get_field_index(col), col, pa.array(values, type=COLUMNS[col][0]))
+        tmp = f.with_name(f.name + TMP_SUFFIX)
+        pq.write_table(t, tmp)
+        _fsync_replace(tmp, f)
 
 
 # ---- manifest -------------------------------------------------------------------------------
@@ -264,7 +366,8 @@ def verify(root: Path) -> list[str]:
     problems = []
     for name, z in m.get("zoos", {}).items():
         if z.get("status") != "complete":
-            problems.append(f"zoo {name}: build not complete (status {z.get('status')!r}); rerun `zoo build`")
+            problems.append(f"zoo {name}: build not complete (status {z.get('status')!r}); rerun `zoo build`"
+                            + (" or `zoo metrics`" if z.get("status") == "trained" else ""))
             continue
         try:
             s = zoo_summary(root, name)
@@ -274,6 +377,8 @@ def verify(root: Path) -> list[str]:
         for key in ("rows", "models", "cells"):
             if s[key] != z.get(key):
                 problems.append(f"zoo {name}: {key} = {s[key]} in the parquet files, manifest says {z.get(key)}")
+        if "phases" in z and len(cell_files(root, name)) != z.get("cells"):
+            problems.append(f"zoo {name}: {len(cell_files(root, name))} cell metric files, manifest says {z.get('cells')} cells")
     listed = m.get("files", {})
     present = {str(p.relative_to(root)) for p in tracked_files(root)}
     for rel in sorted(set(listed) - present):

@@ -108,6 +108,25 @@ def end_cos(a: float, b: float, frac: float) -> float:
 
 
 # ---- the population ----------------------------------------------------------------------
+def population_forward(template: nn.Module, vectorize: str = "auto") -> tuple[Callable, str]:
+    """f(params, buffers, x) -> logits for stacked members, x: (M, B, *input) -> (M, B, classes).
+
+    "auto": hand-batched kernels where the net allows (zoo.stacked), else vmap over
+    functional_call; "vmap": always vmap. Returns (f, "stacked" | "vmap").
+    """
+    if vectorize not in ("auto", "vmap"):
+        raise ValueError(f"vectorize must be 'auto' or 'vmap' (got {vectorize!r})")
+    stacked = stacked_forward(template) if vectorize == "auto" else None
+    if stacked is not None:
+        return stacked, "stacked"
+
+    def one(params, buffers, x):
+        return functional_call(template, {**params, **buffers}, (x,))
+
+    return vmap(one, in_dims=(0, 0, 0)), "vmap"
+
+
+
 @dataclass
 class MemberConfig:
     model_id: str
@@ -160,18 +179,22 @@ class Population:
         y = task.y_train[self.subset]
         self.y = torch.stack([noisy_labels(y, m.label_noise, task.n_classes) for m in members])  # (M, n)
         self.order_gens = [torch.Generator().manual_seed(derived_seed("order", m.seed)) for m in members]
-        # "auto": hand-batched kernels where the net allows (zoo.stacked), else vmap; "vmap": always vmap
-        if vectorize not in ("auto", "vmap"):
-            raise ValueError(f"vectorize must be 'auto' or 'vmap' (got {vectorize!r})")
-        stacked = stacked_forward(self.template) if vectorize == "auto" else None
-        self.vectorized_by = "stacked" if stacked else "vmap"
-        self._fwd = stacked or vmap(self._forward_one, in_dims=(0, 0, 0))
+        self._fwd, self.vectorized_by = population_forward(self.template, vectorize)
         self._opt_state: dict[str, dict[str, torch.Tensor]] = {}
         self.step_count = 0
 
-    # one member's forward; vmapped over the stacked leading dim
-    def _forward_one(self, params, buffers, x):
-        return functional_call(self.template, {**params, **buffers}, (x,))
+    @classmethod
+    def from_states(cls, task: Task, arch: dict, common: dict, members: list[MemberConfig],
+                    states: list[dict[str, np.ndarray]], vectorize: str = "auto") -> "Population":
+        """A population holding given (trained) weights, e.g. zoo checkpoints for the landscape metrics."""
+        pop = cls(task, arch, "kaiming_uniform", common, members, vectorize=vectorize)
+        if len(states) != len(members):
+            raise ValueError(f"{len(states)} states for {len(members)} members")
+        for n in pop.param_names:
+            pop.params[n] = torch.stack([torch.as_tensor(np.asarray(s[n])) for s in states]).requires_grad_(True)
+        for n in pop.buffer_names:
+            pop.buffers[n] = torch.stack([torch.as_tensor(np.asarray(s[n])) for s in states])
+        return pop
 
     @property
     def n_steps_per_epoch(self) -> int:

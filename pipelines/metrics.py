@@ -1,0 +1,133 @@
+"""The metrics stage: landscape metrics per cell as Ray tasks, phase labels, plots, card.
+
+Resumable like training: each cell's result is committed as data/<zoo>/cells-<i>-<j>.parquet;
+a rerun computes only missing cells (all of them when the metrics settings changed). Phase labels
+are (re)applied from the spec's thresholds at the end, then copied onto every model row.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from rich.console import Console
+
+from pipelines.cell import cell_metrics
+from pipelines.runner import Job, Reporter, run_jobs
+from zoo import store
+from zoo.errors import ZooError
+from zoo.landscape.phases import label_cell
+from zoo.spec import ZooSpec, parse_spec
+
+
+def _settings_digest(spec: ZooSpec) -> str:
+    m = spec.to_json()["metrics"]
+    m.pop("phases", None)  # thresholds only relabel, they do not require recomputing
+    return store.spec_digest({"metrics": m, "training": spec.training_json()})
+
+
+def compute(out: str | Path, zoos: list[str] | None = None, *, address: str | None = None, workers: int | None = None,
+            use_ray: bool = True, progress: bool = True, manifest: dict | None = None, recompute: bool = False) -> dict:
+    """Compute (or complete) the metrics of the named zoos (default: all) of the dataset at `out`."""
+    out = Path(out)
+    if manifest is None:
+        if not (out / "manifest.json").exists():
+            raise ZooError(f"{out}: no manifest.json; not a zoo dataset folder")
+        manifest = store.read_manifest(out)
+    workers = workers or os.cpu_count() or 1
+    available = sorted(manifest.get("zoos", {}))
+    zoos = zoos or available
+    for name in zoos:
+        if name not in manifest.get("zoos", {}):
+            raise ZooError(f"{out}: no zoo {name!r}; zoos there: {', '.join(available) or 'none'}")
+        if manifest["zoos"][name].get("status") not in ("trained", "complete"):
+            raise ZooError(f"{out}: zoo {name!r} is not fully trained (status {manifest['zoos'][name].get('status')!r});"
+                           " rerun `zoo build` first")
+    store.remove_temp_files(out)
+    console = Console(stderr=True) if progress else None
+    specs = {name: parse_spec(manifest["zoos"][name]["spec"], f"{out}/manifest.json: zoo {name}") for name in zoos}
+    jobs: list[Job] = []
+    total = done = 0
+    for name, spec in specs.items():
+        entry = manifest["zoos"][name]
+        digest = _settings_digest(spec)
+        if recompute or entry.get("metrics_sha256") != digest:
+            for f in store.cell_files(out, name):
+                f.unlink()  # stale: computed with other settings
+        entry["metrics_sha256"] = digest
+        entry["status"] = "trained"
+        store.write_manifest(out, manifest)
+        cell_jobs, n_cells = _plan(out, spec)
+        jobs += cell_jobs
+        total += n_cells
+        done += n_cells - len(cell_jobs)
+    if console:
+        console.print(f"[bold]zoo metrics[/]: {total} cells, {done} already done, {len(jobs)} to compute")
+    run_jobs(cell_metrics, jobs, address=address, workers=workers, use_ray=use_ray,
+             reporter=Reporter(console, "metrics", "cells", done, total))
+    for name, spec in specs.items():
+        _finish(out, spec, manifest["zoos"][name], manifest)
+    return manifest
+
+
+def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
+    rows = store.read_rows(out, spec.name).to_pandas()
+    at = rows[rows["epoch"] == spec.metrics.epoch]
+    spec_json = spec.to_json()
+    jobs = []
+    cells = spec.cells()
+    for cell in cells:
+        path = store.cell_file(out, spec.name, cell.ti, cell.li)
+        if path.exists():
+            continue
+        sel = at[at["cell"] == cell.id].sort_values("seed")
+        if sel.empty:
+            raise ZooError(f"{out}: zoo {spec.name} has no rows for cell {cell.id} at epoch {spec.metrics.epoch}")
+        ok = sel[sel["status"] == "ok"]
+        ids = ok["model_id"].tolist()
+        states = [store.read_state(out, r) for r in ok.to_dict("records")]
+        summary = {
+            "zoo": spec.name, "cell": cell.id, "temperature_param": cell.temperature_param,
+            "temperature": float(cell.temperature), "load_param": cell.load_param, "load": float(cell.load),
+            "metrics_epoch": spec.metrics.epoch, "n_models": len(ok), "n_diverged": int(len(sel) - len(ok)),
+            "train_loss": _mean(ok["train_loss"]), "train_error": 1 - _mean(ok["train_acc"]),
+            "test_loss": _mean(ok["test_loss"]), "test_acc": _mean(ok["test_acc"]),
+        }
+
+        def commit(res, path=path, summary=summary):
+            res = {k: v for k, v in res.items() if k != "seconds"}
+            store.write_cell(path, {**summary, **res, "phase": ""})
+
+        jobs.append(Job(f"{spec.name} cell {cell.id} ({len(ids)} models)", (spec_json, cell.id, ids, states), 1, commit))
+    return jobs, len(cells)
+
+
+def _mean(values) -> float:
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _finish(out: Path, spec: ZooSpec, entry: dict, manifest: dict) -> None:
+    """Label phases, copy cell metrics onto model rows, plot, and mark the zoo complete."""
+    from zoo import plots
+
+    th = spec.metrics.phases
+    cells = {}
+    for f in store.cell_files(out, spec.name):
+        row = pq.read_table(f).to_pylist()[0]
+        label = label_cell(row, th)
+        if label != row["phase"]:
+            row["phase"] = label
+            store.write_cell(f, row)
+        cells[row["cell"]] = row
+    store.annotate_models(out, spec.name, cells)
+    fig_dir = out / "figures"
+    paths = plots.plot_zoo(list(cells.values()), spec.name, fig_dir)
+    paths.append(plots.learning_curves(store.read_rows(out, spec.name).to_pandas(), spec.name,
+                                       fig_dir / f"{spec.name}-learning-curves.png"))
+    figs = [f for f in manifest.get("figures", []) if not Path(f).name.startswith(f"{spec.name}-")]
+    manifest["figures"] = sorted(figs + [str(Path(p).relative_to(out)) for p in paths])
+    phases = [c["phase"] for c in cells.values()]
+    entry.update(status="complete", phases={p: phases.count(p) for p in sorted(set(phases))})

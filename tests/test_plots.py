@@ -1,0 +1,154 @@
+"""zoo.plots: metric heatmaps, phase map and learning curves are written as valid PNGs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from matplotlib.image import imread
+
+from zoo import plots
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEMPS = [16, 32, 64, 128, 256]
+LOADS = [4, 8, 16, 64]
+ZOO = "synth"
+
+
+def _phase(i: int, j: int) -> str | None:
+    if (i, j) == (4, 3):
+        return None  # one unknown cell
+    if i >= 3:
+        return "I" if j < 2 else "II"
+    if j == 0:
+        return "III"
+    return "IV-A" if i + j < 3 else "IV-B"
+
+
+def synthetic_cells() -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, t in enumerate(TEMPS):
+        for j, w in enumerate(LOADS):
+            trace = float(10 ** rng.uniform(0, 3))
+            rows.append(
+                {
+                    "zoo": ZOO,
+                    "cell": f"T{i}L{j}",
+                    "temperature_param": "batch_size",
+                    "temperature": float(t),
+                    "load_param": "width",
+                    "load": float(w),
+                    "test_acc": 0.5 + 0.1 * j - 0.05 * i,
+                    "test_loss": 1.0 + 0.1 * i,
+                    "train_loss": 0.05 * (i + 1) / (j + 1),
+                    "train_error": 0.01 * i,
+                    "hessian_top_eig": float(rng.uniform(1, 300)),
+                    "hessian_trace": trace,
+                    "log_hessian_trace": math.log10(trace),
+                    "cka_logits": float(rng.uniform(0.3, 1.0)),
+                    "cka_features": float("nan"),  # all NaN: no figure for it
+                    "mc_loss": float(rng.uniform(-2.0, 0.5)),
+                    "mc_error": float(rng.uniform(-0.3, 0.1)),
+                    "phase": _phase(i, j),
+                }
+            )
+    rows[3]["test_acc"] = float("nan")
+    rows[7]["mc_loss"] = float("nan")
+    rows[12]["hessian_top_eig"] = float("nan")
+    return rows
+
+
+def _check_png(path, min_px: int = 200) -> None:
+    assert path.exists(), path
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[2] in (3, 4)
+    assert min_px <= img.shape[0] <= 4000 and min_px <= img.shape[1] <= 4000, img.shape
+
+
+def test_plot_zoo_writes_every_png(tmp_path):
+    cells = synthetic_cells()
+    assert {r["phase"] for r in cells} >= set(plots.PHASES)
+    out = tmp_path / "figures"
+    paths = plots.plot_zoo(cells, ZOO, out)
+
+    expected = [out / f"{ZOO}-phases.png"] + [out / f"{ZOO}-{m}.png" for m in plots.METRICS if m != "cka_features"]
+    assert paths == expected
+    for p in paths:
+        _check_png(p)
+    assert not (out / f"{ZOO}-cka_features.png").exists()  # no finite value -> no figure
+    assert not list(out.glob("*.tmp"))
+    assert sorted(out.iterdir()) == sorted(expected)
+
+
+def test_table_kinds_give_the_same_figure(tmp_path):
+    rows = synthetic_cells()
+    rows.append({**rows[0], "zoo": "other", "test_acc": 0.0})  # another zoo's row is ignored
+    pngs = [
+        plots.heatmap(cells, "test_acc", ZOO, tmp_path / f"{kind}.png").read_bytes()
+        for kind, cells in (("records", rows), ("pandas", pd.DataFrame(rows)), ("arrow", pa.Table.from_pylist(rows)))
+    ]
+    assert pngs[0][:8] == PNG_SIGNATURE
+    assert pngs[0] == pngs[1] == pngs[2]
+    with pytest.raises(ValueError, match="other"):
+        plots.phase_map(rows, "missing", tmp_path / "m.png")
+
+
+def test_heatmap_unknown_metric(tmp_path):
+    with pytest.raises(ValueError, match="test_acc"):
+        plots.heatmap(synthetic_cells(), "accuracy", ZOO, tmp_path / "x.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_heatmap_all_nan_and_single_cell(tmp_path):
+    rows = synthetic_cells()[:1]
+    rows[0]["mc_loss"] = float("nan")
+    _check_png(plots.heatmap(rows, "mc_loss", ZOO, tmp_path / "one.png"), min_px=100)
+
+
+def test_axis_labels():
+    lr_cells = [
+        {"zoo": ZOO, "cell": f"T{i}L{j}", "temperature_param": "lr", "temperature": lr,
+         "load_param": "data_fraction", "load": f, "test_acc": 0.5}
+        for i, lr in enumerate([1e-3, 1e-2, 1e-1])
+        for j, f in enumerate([0.25, 0.5, 0.75, 1.0])
+    ]
+    grid = plots.phase_grid(lr_cells, ZOO)
+    assert grid.xlabel == "temperature: lr (log scale)"
+    assert grid.ylabel == "load: data_fraction"  # linear, ratio < 10
+    assert grid.xticklabels == ["0.001", "0.01", "0.1"]
+    assert grid.shape == (4, 3)
+
+    assert plots.axis_label("temperature", "lr", [1e-3, 1e-2, 1e-1]).endswith("(log scale)")
+    assert plots.axis_label("temperature", "batch_size", TEMPS) == "temperature: batch_size (log scale)"
+    assert "(log scale)" not in plots.axis_label("load", "width", [10, 20, 30, 40, 50, 60, 70, 80, 90, 100])
+    assert "(log scale)" not in plots.axis_label("load", "label_noise", [0.0, 0.1, 0.2, 0.4])
+    assert [plots.format_tick(v) for v in (16, 0.001, 1e-4, 2.5e-5, 0.25, 3e5)] == ["16", "0.001", "1e-4", "2.5e-5", "0.25", "3e5"]
+
+
+def test_learning_curves_deduplicates_checkpoints(tmp_path):
+    rows = []
+    epochs = 6
+    for i, t in enumerate(TEMPS[:3]):
+        for j, w in enumerate(LOADS[:3]):
+            for seed in range(3):
+                curve = [0.1 + 0.8 * (1 - math.exp(-(e + 1) * (i + j + 1) / 4)) + 0.01 * seed for e in range(epochs + 1)]
+                for epoch in (0, 3, epochs):  # one row per checkpoint, same curve
+                    rows.append({"model_id": f"m{i}{j}{seed}", "zoo": ZOO, "cell": f"T{i}L{j}",
+                                 "temperature_param": "batch_size", "temperature": float(t),
+                                 "load_param": "width", "load": float(w), "seed": seed, "epoch": epoch,
+                                 "curve_test_acc": curve})
+    assert len(plots.model_rows(rows, ZOO)) == 3 * 3 * 3  # 81 checkpoint rows, 27 models
+    assert (plots.model_rows(rows, ZOO)["epoch"] == epochs).all()
+    path = plots.learning_curves(pa.Table.from_pylist(rows), ZOO, tmp_path / f"{ZOO}-curves.png")
+    _check_png(path)
+    assert not list(tmp_path.glob("*.tmp"))
+    # without model_id: deduplicated by (cell, seed)
+    no_id = [{k: v for k, v in r.items() if k != "model_id"} for r in rows if r["cell"] in ("T0L0", "T1L0")]
+    assert len(plots.model_rows(no_id, ZOO)) == 2 * 3
+    _check_png(plots.learning_curves(no_id, ZOO, tmp_path / "b.png"))
+    with pytest.raises(ValueError, match="test_acc"):
+        plots.learning_curves(rows, ZOO, tmp_path / "c.png", metric="train_loss")

@@ -1,0 +1,10 @@
+"""Loss-landscape and representation metrics of zoo members: Hessian spectrum, CKA.
+
+Math only: functions of tensors and Populations, never disk, Ray or the Hub.
+"""
+from zoo.landscape.cka import linear_cka, mean_pairwise_cka, penultimate_and_logits
+from zoo.landscape.hessian import (hessian_metrics, hutchinson_trace, hvp, population_loss_fn,
+                                   top_eigenvalue)
+
+__all__ = ["hessian_metrics", "hutchinson_trace", "hvp", "linear_cka", "mean_pairwise_cka",
+           "penultimate_and_logits", "population_loss_fn", "top_eigenvalue"]

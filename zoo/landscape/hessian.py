@@ -1,0 +1,215 @@
+"""Hessian metrics of the training loss for a stack of M independent members at once.
+
+Members of a Population share nothing but the architecture: member m's loss depends only on
+member m's slice of every stacked parameter. So the Hessian of the SUM of member losses w.r.t.
+the stacked parameters is block-diagonal, and one Hessian-vector product of the summed loss
+with a stacked vector v (M, *shape) returns every member's own H_m v_m. Power iteration and
+Hutchinson's trace estimator (PyHessian, Yao et al. 2020, `pyhessian/hessian.py`
+`eigenvalues()` / `trace()`) then run for all members together, with per-member inner
+products and per-member stopping.
+
+As in PyHessian, the gradient graph (create_graph=True) is built once per loss and every HVP
+is one backward pass through it. A member whose loss is NaN/inf gets NaN metrics and never
+holds the others back. Nothing here touches disk, Ray or the Hub.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.train import derived_seed
+
+Params = dict[str, Tensor]  # name -> (M, *shape)
+LossFn = Callable[[Params], Tensor]  # params -> (M,) per-member losses
+
+
+# ---- per-member vector algebra on stacked dicts ------------------------------------------------
+def _dot(a: Params, b: Params) -> Tensor:
+    """Per-member inner product over all parameter tensors: (M,), accumulated in float64."""
+    return sum((a[k].double() * b[k].double()).flatten(1).sum(1) for k in a)
+
+
+def _scale(v: Params, s: Tensor) -> Params:
+    """v_m * s_m for every member; s: (M,)."""
+    return {k: t * s.to(t.dtype).view(-1, *([1] * (t.dim() - 1))) for k, t in v.items()}
+
+
+def _normalize(v: Params) -> Params:
+    """Each member's vector scaled to unit norm (the norm over all its parameter tensors)."""
+    norm = _dot(v, v).sqrt().clamp_min(1e-30)  # (M,)
+    return _scale(v, 1.0 / norm)
+
+
+def _default_generator(generator: torch.Generator | None, seed: int = 0) -> torch.Generator:
+    return generator if generator is not None else torch.Generator().manual_seed(seed)
+
+
+def _randn_like(params: Params, g: torch.Generator) -> Params:
+    return {k: torch.randn(p.shape, generator=g, dtype=p.dtype, device=g.device).to(p.device)
+            for k, p in params.items()}
+
+
+def _rademacher_like(params: Params, g: torch.Generator) -> Params:
+    """Entries ±1 with probability ½ each."""
+    return {k: (torch.randint(0, 2, p.shape, generator=g, device=g.device) * 2 - 1).to(p.device, p.dtype)
+            for k, p in params.items()}
+
+
+# ---- the Hessian operator --------------------------------------------------------------------
+class _HessianOperator:
+    """v -> H v for the block-diagonal Hessian of sum_m loss_m, gradient graph built once.
+
+    The caller's tensors are never modified: the leaves are detached views with requires_grad.
+    """
+
+    def __init__(self, loss_fn: LossFn, params: Params):
+        self.leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}  # (M, *shape)
+        self.losses = loss_fn(self.leaves)  # (M,)
+        if self.losses.dim() != 1:
+            raise ValueError(f"loss_fn must return per-member losses of shape (M,), got {tuple(self.losses.shape)}")
+        grads = torch.autograd.grad(self.losses.sum(), list(self.leaves.values()), create_graph=True,
+                                    allow_unused=True)
+        # a parameter the loss does not depend on has a zero gradient and a zero Hessian block
+        self._pairs = [(k, g) for k, g in zip(self.leaves, grads) if g is not None and g.requires_grad]
+        self.finite = torch.isfinite(self.losses.detach())  # (M,)
+
+    @property
+    def n_members(self) -> int:
+        return int(self.losses.shape[0])
+
+    def __call__(self, v: Params) -> Params:
+        out = {k: torch.zeros_like(p) for k, p in self.leaves.items()}
+        if self._pairs:
+            keys, grads = zip(*self._pairs)
+            hv = torch.autograd.grad(grads, [self.leaves[k] for k in keys], grad_outputs=[v[k] for k in keys],
+                                     retain_graph=True, allow_unused=True)
+            for k, h in zip(keys, hv):
+                if h is not None:
+                    out[k] = h.detach()
+        return out
+
+
+def hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
+    """Every member's Hessian-vector product H_m v_m, by double backward of sum_m loss_m.
+
+    params, v: name -> (M, *shape); returns name -> (M, *shape).
+    """
+    return _HessianOperator(loss_fn, params)(v)
+
+
+# ---- power iteration and Hutchinson on an operator -------------------------------------------
+def _power_iteration(op: _HessianOperator, max_iter: int, tol: float, g: torch.Generator) -> Tensor:
+    """PyHessian's `eigenvalues()` (top one), per member, with per-member stopping: (M,)."""
+    M = op.n_members
+    v = _normalize(_randn_like(op.leaves, g))
+    eig = torch.full((M,), float("nan"), dtype=torch.float64)
+    done = ~op.finite.cpu()  # a non-finite member stays NaN and is not waited for
+    for i in range(max_iter):
+        if bool(done.all()):
+            break
+        hv = op(v)
+        new = _dot(hv, v).cpu()  # Rayleigh quotient v·Hv, ‖v‖ = 1
+        if i > 0:
+            converged = (new - eig).abs() / (eig.abs() + 1e-6) < tol
+        else:
+            converged = torch.zeros(M, dtype=torch.bool)
+        eig = torch.where(done, eig, new)  # a converged member keeps the value it stopped at
+        done |= converged | ~torch.isfinite(new)
+        v = _normalize(hv)
+    return eig.to(torch.float32)
+
+
+def _hutchinson(op: _HessianOperator, max_iter: int, tol: float, min_probes: int,
+                g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """PyHessian's `trace()`, per member, at least `min_probes` probes: (mean, stderr), each (M,)."""
+    M = op.n_members
+    total = torch.zeros(M, dtype=torch.float64)
+    total_sq = torch.zeros(M, dtype=torch.float64)
+    count = torch.zeros(M, dtype=torch.float64)
+    mean = torch.zeros(M, dtype=torch.float64)
+    done = ~op.finite.cpu()
+    for i in range(max_iter):
+        if bool(done.all()):
+            break
+        v = _rademacher_like(op.leaves, g)
+        sample = _dot(op(v), v).cpu()  # vᵀ H v, (M,)
+        live = ~done
+        total += torch.where(live, sample, 0.0)
+        total_sq += torch.where(live, sample * sample, 0.0)
+        count += live.double()
+        new_mean = total / count.clamp_min(1)
+        converged = ((new_mean - mean).abs() / (mean.abs() + 1e-6) < tol) & (count >= min_probes)
+        mean = torch.where(live, new_mean, mean)
+        done |= converged
+    n = count.clamp_min(1)
+    var = (total_sq - total * total / n) / (n - 1)  # unbiased sample variance; NaN for one probe
+    stderr = (var.clamp_min(0) / n).sqrt()
+    bad = ~op.finite.cpu() | (count == 0)
+    mean = torch.where(bad, float("nan"), mean)
+    stderr = torch.where(bad | (count < 2), float("nan"), stderr)
+    return mean.to(torch.float32), stderr.to(torch.float32)
+
+
+# ---- public functions ------------------------------------------------------------------------
+def top_eigenvalue(loss_fn: LossFn, params: Params, max_iter: int = 100, tol: float = 1e-3,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Top (largest-magnitude) Hessian eigenvalue per member by power iteration: (M,).
+
+    Random normal start per member; each step λ = v·Hv (Rayleigh quotient) and v <- Hv/‖Hv‖.
+    A member stops when |λ_new − λ_old| / (|λ_old| + 1e-6) < tol; the loop ends when every
+    member has stopped or after max_iter HVPs. tol=0 runs exactly max_iter HVPs.
+    """
+    op = _HessianOperator(loss_fn, params)
+    return _power_iteration(op, max_iter, tol, _default_generator(generator))
+
+
+def hutchinson_trace(loss_fn: LossFn, params: Params, max_iter: int = 100, tol: float = 1e-3,
+                     generator: torch.Generator | None = None, min_probes: int = 10) -> tuple[Tensor, Tensor]:
+    """Hessian trace per member by Hutchinson's estimator with Rademacher probes: (mean, stderr).
+
+    tr(H_m) ≈ mean over probes of v_mᵀ H_m v_m. A member stops once it has at least
+    `min_probes` probes and the running mean changed by less than `tol` relative (PyHessian's
+    criterion); at most max_iter probes. stderr = sample std / sqrt(probes), each (M,).
+    """
+    op = _HessianOperator(loss_fn, params)
+    return _hutchinson(op, max_iter, tol, min_probes, _default_generator(generator))
+
+
+def population_loss_fn(pop, x: Tensor, y: Tensor) -> LossFn:
+    """loss_fn(params) -> (M,): each member's mean cross-entropy on the shared inputs x.
+
+    x: (N, *input_shape), the same for all members; y: (N,) shared or (M, N) per member.
+    The model runs in eval mode (no dropout/BN in the current nets; set anyway).
+    """
+    M = len(pop.members)
+    pop.template.eval()
+    xe = x.expand(M, *x.shape)  # (M, N, *input_shape)
+    ye = y.expand(M, -1) if y.dim() == 1 else y  # (M, N)
+    if ye.shape != (M, x.shape[0]):
+        raise ValueError(f"y must be ({x.shape[0]},) or ({M}, {x.shape[0]}), got {tuple(y.shape)}")
+
+    def loss_fn(params: Params) -> Tensor:
+        logits = pop._fwd(params, pop.buffers, xe)  # (M, N, classes)
+        ce = F.cross_entropy(logits.flatten(0, 1), ye.flatten(), reduction="none")  # (M*N,)
+        return ce.view(M, -1).mean(1)  # (M,)
+
+    return loss_fn
+
+
+def hessian_metrics(pop, x: Tensor, y: Tensor, iters: int, probes: int, tol: float,
+                    seed: int = 0) -> dict[str, Tensor]:
+    """Top eigenvalue and Hutchinson trace of every member's loss on (x, y), one gradient graph.
+
+    x, y: the training batches concatenated (PyHessian's batch-size-weighted average of HVPs
+    over batches is the HVP of the mean loss over their concatenation). Returns
+    {"top_eigenvalue", "trace", "trace_stderr"}, each (M,), reproducible from `seed`.
+    """
+    op = _HessianOperator(population_loss_fn(pop, x, y), pop.params)
+    g_eig = torch.Generator().manual_seed(derived_seed("hessian_eigenvalue", seed))
+    g_tr = torch.Generator().manual_seed(derived_seed("hessian_trace", seed))
+    eig = _power_iteration(op, iters, tol, g_eig)
+    trace, stderr = _hutchinson(op, probes, tol, min(10, probes), g_tr)
+    return {"top_eigenvalue": eig, "trace": trace, "trace_stderr": stderr}

@@ -1,0 +1,528 @@
+"""Figures of a zoo's phase plane: metric heatmaps, the phase map, learning curves.
+
+    from zoo.plots import plot_zoo
+    plot_zoo(cells, "mlp_mnist1d", Path("build/phases/figures"))   # -> [<zoo>-phases.png, <zoo>-<metric>.png, ...]
+
+`cells` is the per-cell table of the metrics stage (one row per (temperature, load) cell), as a
+list of dicts, a pyarrow Table or a pandas DataFrame. The plane is drawn as in the phase-zoo
+papers (Yang et al. 2021; Schürholt et al. 2025): temperature on the horizontal axis, load on
+the vertical axis (increasing upwards), one equal-size tile per cell at its axis index, so a
+geometric axis (batch sizes 16..256, learning rates 1e-3..1e-1) is log-spaced implicitly; the
+axis label says "(log scale)" then.
+
+Rendering uses `matplotlib.figure.Figure` with an Agg canvas directly: nothing here touches
+pyplot's global state or the user's interactive backend. Every PNG is written to a temporary
+name in its folder and renamed into place, so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize, TwoSlopeNorm, to_rgba
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+__all__ = [
+    "METRICS",
+    "PHASES",
+    "PHASE_COLORS",
+    "MetricStyle",
+    "Grid",
+    "heatmap",
+    "phase_map",
+    "plot_zoo",
+    "learning_curves",
+    "axis_label",
+    "is_log_spaced",
+    "format_tick",
+    "phase_grid",
+    "model_rows",
+]
+
+DPI = 120
+TMP_SUFFIX = ".tmp"  # the same suffix zoo.store cleans up after an interrupted write
+
+
+class MetricStyle(NamedTuple):
+    """How a metric is drawn. `kind`: "higher" / "lower" (which end is better; the colormap
+    puts the better end bright) or "diverging" (centred at 0, symmetric limits)."""
+
+    title: str
+    cmap: str
+    kind: str
+
+
+METRICS: dict[str, MetricStyle] = {
+    "test_acc": MetricStyle("test accuracy", "viridis", "higher"),
+    "train_loss": MetricStyle("train loss", "viridis_r", "lower"),
+    "log_hessian_trace": MetricStyle("log10 Hessian trace", "magma_r", "lower"),
+    "hessian_top_eig": MetricStyle("Hessian top eigenvalue", "magma_r", "lower"),
+    "mc_loss": MetricStyle("mode connectivity (loss)", "RdBu", "diverging"),
+    "mc_error": MetricStyle("mode connectivity (error)", "RdBu", "diverging"),
+    "cka_logits": MetricStyle("CKA similarity (logits)", "cividis", "higher"),
+    "cka_features": MetricStyle("CKA similarity (features)", "cividis", "higher"),
+}
+
+# Titles of the learning curves a zoo stores (zoo.store.CURVES), for learning_curves().
+_CURVE_TITLES = {
+    "train_loss": "train loss",
+    "train_acc": "train accuracy",
+    "test_loss": "test loss",
+    "test_acc": "test accuracy",
+}
+
+PHASES: dict[str, str] = {
+    "I": "under-trained, poorly connected",
+    "II": "under-trained, well connected",
+    "III": "trained, poorly connected (barrier)",
+    "IV-A": "trained, well connected, low CKA",
+    "IV-B": "trained, well connected, high CKA",
+}
+UNKNOWN = "unknown"
+PHASE_COLORS: dict[str, str] = {
+    "I": "#f28e62",  # orange: under-trained, barrier
+    "II": "#f7d354",  # yellow: under-trained, connected
+    "III": "#d98cc4",  # pink: trained, barrier
+    "IV-A": "#6fc3a6",  # teal: trained, connected, low CKA
+    "IV-B": "#8fa7d6",  # blue: trained, connected, high CKA
+    UNKNOWN: "#e3e3e3",  # light grey, hatched
+}
+_NAN_COLOR = "#ececec"
+_HATCH_EDGE = "#b5b5b5"
+
+
+# ---- input tables ----------------------------------------------------------------------------
+def _to_frame(table: Any) -> pd.DataFrame:
+    """A list of dicts, a pyarrow Table / RecordBatch, a pandas DataFrame (or anything with
+    `to_pandas()`, e.g. a `datasets.Dataset`) -> a fresh pandas DataFrame."""
+    if isinstance(table, pd.DataFrame):
+        return table.copy()
+    if hasattr(table, "to_pandas"):
+        return table.to_pandas()
+    if isinstance(table, dict):  # columns -> values
+        return pd.DataFrame(table)
+    return pd.DataFrame(list(table))
+
+
+def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; columns present: {sorted(map(str, df.columns))}")
+
+
+def _select_zoo(df: pd.DataFrame, zoo: str | None, what: str) -> pd.DataFrame:
+    """Rows of `zoo` when the table has a zoo column naming it; a single-zoo table is used whole."""
+    if zoo is None or "zoo" not in df.columns or df.empty:
+        return df
+    mine = df[df["zoo"] == zoo]
+    if len(mine):
+        return mine
+    zoos = sorted({str(z) for z in df["zoo"].dropna().unique()})
+    if len(zoos) > 1:
+        raise ValueError(f"{what}: no rows for zoo {zoo!r}; zoos in the table: {zoos}")
+    return df
+
+
+def _cells_frame(cells: Any, zoo: str | None) -> pd.DataFrame:
+    df = _select_zoo(_to_frame(cells), zoo, "cells")
+    _require(df, ["temperature", "load"], "cells")
+    if "log_hessian_trace" not in df.columns and "hessian_trace" in df.columns:
+        tr = pd.to_numeric(df["hessian_trace"], errors="coerce").to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df["log_hessian_trace"] = np.where(tr > 0, np.log10(tr), np.nan)
+    return df
+
+
+# ---- axes: ticks and labels --------------------------------------------------------------------
+def _clean_exponent(s: str) -> str:
+    # "1e-04" -> "1e-4", "2.5e+05" -> "2.5e5"
+    return re.sub(r"e([+-])0*(\d+)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), s)
+
+
+def _sci(v: float) -> str:
+    # 1e-4, 2.5e-5, 3e5: two significant digits, no padding in the exponent
+    m, e = f"{v:.1e}".split("e")
+    m = m.rstrip("0").rstrip(".")
+    return f"{m}e{int(e)}"
+
+
+def format_tick(v: float) -> str:
+    """Compact tick label of an axis value: 16, 0.25, 0.001, 1e-4, 3e5."""
+    v = float(v)
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if v == round(v) and a < 1e5:
+        return str(int(round(v)))
+    if 1e-3 <= a < 1e4:
+        return _clean_exponent(f"{v:.3g}")
+    return _sci(v)
+
+
+def _format_value(v: float) -> str:
+    """A metric value for a tile: 2-3 significant digits, short."""
+    v = float(v)
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if 0.01 <= a < 1000:
+        return f"{v:.3g}"
+    if 1e-3 <= a < 0.01:
+        return f"{v:.2g}"
+    return _sci(v)
+
+
+def is_log_spaced(values) -> bool:
+    """True when the values are geometric: all positive, max/min >= 10, and more evenly spaced
+    in log than in linear scale (roughly a constant ratio between neighbours)."""
+    v = np.unique(np.asarray([float(x) for x in values], dtype=float))
+    v = v[np.isfinite(v)]
+    if len(v) < 2 or np.any(v <= 0) or v.max() / v.min() < 10:
+        return False
+    if len(v) == 2:
+        return True
+
+    def spread(d: np.ndarray) -> float:  # coefficient of variation of the steps
+        return float(np.std(d) / np.mean(d))
+
+    log_spread = spread(np.diff(np.log(v)))
+    return log_spread <= 0.5 and log_spread < spread(np.diff(v))
+
+
+def axis_label(axis: str, param: str, values) -> str:
+    """"temperature: batch_size (log scale)": the axis, its hyperparameter, and a note when the
+    values are geometric (tiles sit at equal spacing by index, so such an axis is log-spaced)."""
+    label = f"{axis}: {param}" if param and param != axis else axis
+    if is_log_spaced(values):
+        label += " (log scale)"
+    return label
+
+
+def _param_name(df: pd.DataFrame, column: str, default: str) -> str:
+    if column not in df.columns:
+        return default
+    names = [str(x) for x in pd.unique(df[column].dropna()) if str(x)]
+    return "/".join(names) if names else default
+
+
+@dataclass
+class Grid:
+    """The phase plane of a table: sorted axis values and each row's tile index."""
+
+    temperatures: list[float]
+    loads: list[float]
+    temperature_param: str
+    load_param: str
+    xlabel: str
+    ylabel: str
+    frame: pd.DataFrame = field(repr=False)  # the rows, with integer columns _ix, _iy
+
+    @property
+    def shape(self) -> tuple[int, int]:  # (rows = loads, columns = temperatures)
+        return len(self.loads), len(self.temperatures)
+
+    @property
+    def xticklabels(self) -> list[str]:
+        return [format_tick(t) for t in self.temperatures]
+
+    @property
+    def yticklabels(self) -> list[str]:
+        return [format_tick(x) for x in self.loads]
+
+
+def phase_grid(table: Any, zoo: str | None = None) -> Grid:
+    """Grid of a per-cell (or per-model) table: x = temperature, y = load, tiles by index."""
+    df = table if isinstance(table, pd.DataFrame) else _to_frame(table)
+    _require(df, ["temperature", "load"], "cells")
+    df = df.copy()
+    df["temperature"] = pd.to_numeric(df["temperature"], errors="coerce").astype(float)
+    df["load"] = pd.to_numeric(df["load"], errors="coerce").astype(float)
+    df = df[np.isfinite(df["temperature"]) & np.isfinite(df["load"])]
+    if df.empty:
+        raise ValueError(f"cells{f' of zoo {zoo!r}' if zoo else ''}: no rows with a temperature and a load")
+    temps = sorted(set(df["temperature"].tolist()))
+    loads = sorted(set(df["load"].tolist()))
+    df["_ix"] = df["temperature"].map({t: i for i, t in enumerate(temps)}).astype(int)
+    df["_iy"] = df["load"].map({x: j for j, x in enumerate(loads)}).astype(int)
+    tparam = _param_name(df, "temperature_param", "temperature")
+    lparam = _param_name(df, "load_param", "load")
+    return Grid(
+        temperatures=temps,
+        loads=loads,
+        temperature_param=tparam,
+        load_param=lparam,
+        xlabel=axis_label("temperature", tparam, temps),
+        ylabel=axis_label("load", lparam, loads),
+        frame=df,
+    )
+
+
+# ---- drawing helpers ---------------------------------------------------------------------------
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Render to `<name>.<pid>.tmp` beside `path`, then rename into place; frees the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15, facecolor="white")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        fig.clear()
+    return path
+
+
+def _plane_figsize(nx: int, ny: int, extra_w: float) -> tuple[float, float]:
+    tile = 1.0 if max(nx, ny) <= 6 else 0.85
+    return (max(4.0, tile * nx) + extra_w, max(3.2, tile * ny) + 1.3)
+
+
+def _tile_fontsize(nx: int, ny: int) -> float:
+    n = max(nx, ny)
+    return 9.0 if n <= 6 else (8.0 if n <= 8 else 6.5)
+
+
+def _setup_plane(ax, grid: Grid) -> None:
+    ny, nx = grid.shape
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)  # load increases upwards
+    ax.set_aspect("equal")
+    ax.set_xticks(range(nx), grid.xticklabels)
+    ax.set_yticks(range(ny), grid.yticklabels)
+    if max(len(s) for s in grid.xticklabels) > 5:
+        for lab in ax.get_xticklabels():
+            lab.set_rotation(30)
+            lab.set_horizontalalignment("right")
+    ax.set_xlabel(grid.xlabel)
+    ax.set_ylabel(grid.ylabel)
+    ax.tick_params(length=0)
+    # white lines between tiles
+    ax.set_xticks(np.arange(-0.5, nx, 1.0), minor=True)
+    ax.set_yticks(np.arange(-0.5, ny, 1.0), minor=True)
+    ax.tick_params(which="minor", length=0)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.grid(which="major", visible=False)
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def _text_color(rgba) -> str:
+    r, g, b = (c if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgba(rgba)[:3])
+    lum = 0.2126 * r + 0.7152 * g + 0.0722 * b  # relative luminance (WCAG)
+    return "black" if lum > 0.2 else "white"
+
+
+def _nan_tile(ax, ix: int, iy: int, fontsize: float, text: str = "n/a") -> None:
+    ax.add_patch(
+        Rectangle((ix - 0.5, iy - 0.5), 1, 1, facecolor=_NAN_COLOR, edgecolor=_HATCH_EDGE, hatch="///", linewidth=0, zorder=1)
+    )
+    ax.text(
+        ix, iy, text, ha="center", va="center", fontsize=fontsize, color="#555555", zorder=3,
+        bbox=dict(boxstyle="round,pad=0.15", facecolor=_NAN_COLOR, edgecolor="none"),
+    )
+
+
+def _metric_norm(values: np.ndarray, kind: str):
+    finite = values[np.isfinite(values)]
+    if kind == "diverging":
+        m = float(np.max(np.abs(finite))) if finite.size else 1.0
+        m = m if m > 0 else 1.0
+        return TwoSlopeNorm(vcenter=0.0, vmin=-m, vmax=m)
+    if not finite.size:
+        return Normalize(0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        pad = abs(lo) * 0.05 or 0.5
+        lo, hi = lo - pad, hi + pad
+    return Normalize(lo, hi)
+
+
+# ---- public figures ----------------------------------------------------------------------------
+def heatmap(cells: Any, metric: str, zoo: str, path: Path) -> Path:
+    """PNG heatmap of one metric over the phase plane (x = temperature, y = load); returns path."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    style = METRICS[metric]
+    df = _cells_frame(cells, zoo)
+    if metric not in df.columns:
+        df[metric] = np.nan
+    grid = phase_grid(df, zoo)
+    ny, nx = grid.shape
+    values = np.full((ny, nx), np.nan)
+    f = grid.frame.assign(_v=pd.to_numeric(grid.frame[metric], errors="coerce").astype(float))
+    for (iy, ix), v in f.groupby(["_iy", "_ix"])["_v"].mean().items():  # duplicate cells: mean
+        values[iy, ix] = v
+
+    norm = _metric_norm(values, style.kind)
+    cmap = colormaps[style.cmap].with_extremes(bad=_NAN_COLOR)
+    fig = _new_figure(_plane_figsize(nx, ny, extra_w=1.6))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, origin="lower", interpolation="nearest", zorder=0)
+    _setup_plane(ax, grid)
+    fs = _tile_fontsize(nx, ny)
+    for iy in range(ny):
+        for ix in range(nx):
+            v = values[iy, ix]
+            if not np.isfinite(v):
+                _nan_tile(ax, ix, iy, fs)
+                continue
+            ax.text(ix, iy, _format_value(v), ha="center", va="center", fontsize=fs, color=_text_color(cmap(norm(v))), zorder=3)
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cb.set_label(style.title + (" (centred at 0)" if style.kind == "diverging" else ""))
+    cb.outline.set_visible(False)
+    ax.set_title(f"{zoo}: {style.title}")
+    return _save(fig, path)
+
+
+def _normalize_phase(p: Any) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return UNKNOWN
+    s = str(p).strip().upper().replace("_", "-").replace(" ", "")
+    s = {"IVA": "IV-A", "IVB": "IV-B", "1": "I", "2": "II", "3": "III"}.get(s, s)
+    return s if s in PHASES else UNKNOWN
+
+
+def phase_map(cells: Any, zoo: str, path: Path) -> Path:
+    """PNG of the phase labels on the plane: one fixed color per phase, the label in each tile."""
+    df = _cells_frame(cells, zoo)
+    if "phase" not in df.columns:
+        df["phase"] = None
+    grid = phase_grid(df, zoo)
+    ny, nx = grid.shape
+    labels = [[None] * nx for _ in range(ny)]
+    for ix, iy, p in zip(grid.frame["_ix"], grid.frame["_iy"], grid.frame["phase"]):
+        if labels[iy][ix] in (None, UNKNOWN):
+            labels[iy][ix] = _normalize_phase(p)
+
+    fig = _new_figure(_plane_figsize(nx, ny, extra_w=3.6))
+    ax = fig.add_subplot()
+    _setup_plane(ax, grid)
+    fs = _tile_fontsize(nx, ny) + 2
+    seen = set()
+    for iy in range(ny):
+        for ix in range(nx):
+            lab = labels[iy][ix] or UNKNOWN
+            seen.add(lab)
+            if lab == UNKNOWN:
+                _nan_tile(ax, ix, iy, fs - 1, text="?")
+                continue
+            ax.add_patch(Rectangle((ix - 0.5, iy - 0.5), 1, 1, facecolor=PHASE_COLORS[lab], linewidth=0, zorder=1))
+            ax.text(ix, iy, lab, ha="center", va="center", fontsize=fs, fontweight="bold", color="#222222", zorder=3)
+    ax.set_axisbelow(False)  # keep the white tile separators on top of the patches
+    handles = [Patch(facecolor=PHASE_COLORS[p], label=f"{p}: {meaning}") for p, meaning in PHASES.items()]
+    if UNKNOWN in seen:
+        handles.append(Patch(facecolor=_NAN_COLOR, edgecolor=_HATCH_EDGE, hatch="///", label="?: unknown (no label)"))
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.03, 0.5), frameon=False, title="phase", alignment="left",
+              fontsize=9, title_fontsize=10, handlelength=1.6, handleheight=1.2)
+    ax.set_title(f"{zoo}: phases")
+    return _save(fig, path)
+
+
+def plot_zoo(cells: Any, zoo: str, out_dir: Path) -> list[Path]:
+    """Write `<zoo>-phases.png` and `<zoo>-<metric>.png` for every metric of METRICS with at
+    least one finite value into out_dir (created); returns the paths, phases first."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = _cells_frame(cells, zoo)
+    paths = [phase_map(df, zoo, out_dir / f"{zoo}-phases.png")]
+    for metric in METRICS:
+        if metric not in df.columns:
+            continue
+        v = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=float)
+        if np.isfinite(v).any():
+            paths.append(heatmap(df, metric, zoo, out_dir / f"{zoo}-{metric}.png"))
+    return paths
+
+
+def _as_curve(x: Any) -> np.ndarray:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return np.array([], dtype=float)
+    return np.asarray([np.nan if y is None else float(y) for y in x], dtype=float)
+
+
+def model_rows(rows: Any, zoo: str | None, metric: str = "test_acc") -> pd.DataFrame:
+    """One row per model of a per-model(-checkpoint) table: rows repeat per checkpoint epoch,
+    so keep the latest epoch's row per model_id (or per (cell, seed) without a model_id)."""
+    col = f"curve_{metric}"
+    df = _select_zoo(_to_frame(rows), zoo, "rows")
+    if col not in df.columns:
+        have = sorted(c[len("curve_"):] for c in map(str, df.columns) if c.startswith("curve_"))
+        raise ValueError(f"rows have no column {col!r}; learning curves present: {have or 'none'}")
+    _require(df, ["temperature", "load"], "rows")
+    if "seed" not in df.columns:
+        df["seed"] = 0
+    if "epoch" in df.columns:
+        df = df.sort_values("epoch", kind="stable")
+    if "model_id" in df.columns:
+        key = ["model_id"]
+    elif "cell" in df.columns:
+        key = ["cell", "seed"]
+    else:
+        key = ["temperature", "load", "seed"]
+    return df.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+
+
+def learning_curves(rows: Any, zoo: str, path: Path, metric: str = "test_acc") -> Path:
+    """Small multiples laid out like the phase plane (columns = temperature, rows = load, load
+    increasing upwards): one subplot per cell, one line per seed, shared axes. `rows` is the
+    per-model(-checkpoint) table; rows repeated per checkpoint epoch are counted once."""
+    col = f"curve_{metric}"
+    df = model_rows(rows, zoo, metric)
+    grid = phase_grid(df, zoo)
+    ny, nx = grid.shape
+    title = METRICS[metric].title if metric in METRICS else _CURVE_TITLES.get(metric, metric)
+
+    seeds = sorted(pd.unique(grid.frame["seed"]), key=lambda s: (str(type(s)), s))
+    palette = colormaps["tab10"]
+    seed_color = {s: palette(i % 10) for i, s in enumerate(seeds)}
+
+    sub = 1.7 if max(nx, ny) <= 6 else 1.45
+    fig = _new_figure((max(5.0, sub * nx + 1.2), max(3.5, sub * 0.8 * ny + 1.3)))
+    axes = fig.subplots(ny, nx, sharex=True, sharey=True, squeeze=False)
+    for iy in range(ny):
+        for ix in range(nx):
+            ax = axes[ny - 1 - iy][ix]
+            ax.tick_params(labelsize=7)
+            ax.grid(True, color="#e6e6e6", linewidth=0.6)
+            if iy == ny - 1:
+                ax.set_title(f"{grid.temperature_param}={grid.xticklabels[ix]}", fontsize=8)
+            if ix == 0:
+                ax.set_ylabel(f"{grid.load_param}={grid.yticklabels[iy]}", fontsize=8)
+    for (ix, iy), g in grid.frame.groupby(["_ix", "_iy"]):
+        ax = axes[ny - 1 - iy][ix]
+        for s, curve in zip(g["seed"], g[col]):
+            y = _as_curve(curve)
+            if y.size:
+                ax.plot(np.arange(y.size), y, color=seed_color[s], linewidth=1.1, alpha=0.9)
+    occupied = set(zip(grid.frame["_ix"], grid.frame["_iy"]))
+    for iy in range(ny):
+        for ix in range(nx):
+            if (ix, iy) not in occupied:
+                axes[ny - 1 - iy][ix].text(0.5, 0.5, "n/a", transform=axes[ny - 1 - iy][ix].transAxes,
+                                           ha="center", va="center", color="#888888", fontsize=8)
+    fig.supxlabel(f"epoch   (columns: {grid.xlabel}; rows: {grid.ylabel})", fontsize=9)
+    fig.supylabel(title, fontsize=9)
+    fig.suptitle(f"{zoo}: learning curves, {title} (one line per seed)", fontsize=11)
+    if 1 < len(seeds) <= 10:
+        fig.legend(handles=[Patch(color=seed_color[s], label=f"seed {s}") for s in seeds], loc="upper right",
+                   fontsize=7, frameon=False, ncol=min(len(seeds), 5), bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return _save(fig, path)
