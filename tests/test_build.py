@@ -21,7 +21,8 @@ from tests.conftest import tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow
 
-SPEC = tiny_spec("tiny_grid", compute={"max_members": 1}, training={"epochs": 3}, checkpoints=[0, 1, 3])  # 8 one-member bundles
+SPEC = tiny_spec("tiny_grid", compute={"max_members": 1}, training={"epochs": 3}, checkpoints=[0, 1, 3],
+                 metrics={"enabled": False})  # 8 one-member bundles; metrics: tests/test_metrics_stage.py
 
 
 def zoo_cmd(*args, **kw) -> subprocess.CompletedProcess:

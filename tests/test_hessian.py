@@ -10,16 +10,27 @@ from zoo import tasks
 from zoo.landscape import hessian_metrics, hutchinson_trace, hvp, population_loss_fn, top_eigenvalue
 from zoo.train import MemberConfig, Population
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These are tiny ops: one intra-op thread is faster, and stays fast on a busy 2-core machine
+    (two threads competing with other processes turned a 2 ms HVP into 15-40 ms)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 D = 12
-# per member: the top eigenvalue and the ratio second/top (a gap power iteration can resolve)
+# per member: the top eigenvalue; the other d-1 eigenvalues lie in [0, 0.7 top), a gap power iteration resolves
 TOPS = (5.0, 1.0, 20.0)
 
 
-def quadratic(M_tops=TOPS, d=D, seed=0):
+def quadratic(tops=TOPS, d=D, seed=0):
     """Per-member symmetric PSD A_m = Q_m diag(λ_m) Q_mᵀ with explicit, different spectra."""
     g = torch.Generator().manual_seed(seed)
     A, spectra = [], []
-    for top in M_tops:
+    for top in tops:
         lam = torch.rand(d, generator=g, dtype=torch.float64) * 0.7 * top  # rest in [0, 0.7 top)
         lam[0] = top
         Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
@@ -27,7 +38,7 @@ def quadratic(M_tops=TOPS, d=D, seed=0):
         spectra.append(lam)
     A = torch.stack(A).float()  # (M, d, d)
     A = 0.5 * (A + A.transpose(1, 2))
-    x = torch.randn(len(M_tops), d, generator=g).requires_grad_(True)  # (M, d)
+    x = torch.randn(len(tops), d, generator=g).requires_grad_(True)  # (M, d)
     return A, torch.stack(spectra), {"x": x}
 
 
@@ -101,6 +112,24 @@ def test_members_together_equal_members_alone():
         a_mean, a_se = hutchinson_trace(quad_loss(A[m : m + 1]), alone_params, max_iter=100, tol=0.0,
                                         generator=gen(7))
         assert abs(a_mean.item() - t_mean[m].item()) < 4 * (a_se.item() ** 2 + t_se[m].item() ** 2) ** 0.5
+
+
+def test_members_together_equal_members_alone_with_the_same_per_member_probes():
+    """With one generator per member, member m's draws are its own: results equal, not just close."""
+    A, _, params = quadratic()
+    loss = quad_loss(A)
+    gens = lambda: [gen(10 + m) for m in range(3)]  # noqa: E731
+    eig = top_eigenvalue(loss, params, max_iter=500, tol=1e-5, generator=gens())
+    mean, se = hutchinson_trace(loss, params, max_iter=30, tol=0.0, generator=gens())
+    for m in range(3):
+        alone_loss, alone_params = quad_loss(A[m : m + 1]), {"x": params["x"][m : m + 1]}
+        a_eig = top_eigenvalue(alone_loss, alone_params, max_iter=500, tol=1e-5, generator=[gen(10 + m)])
+        a_mean, a_se = hutchinson_trace(alone_loss, alone_params, max_iter=30, tol=0.0, generator=[gen(10 + m)])
+        assert a_eig.item() == pytest.approx(eig[m].item(), rel=1e-5)
+        assert a_mean.item() == pytest.approx(mean[m].item(), rel=1e-5)
+        assert a_se.item() == pytest.approx(se[m].item(), rel=1e-4)
+    with pytest.raises(ValueError, match="2 generators for 3 members"):
+        top_eigenvalue(loss, params, generator=[gen(0), gen(1)])
 
 
 def test_reproducible_from_generator_seed():
@@ -192,3 +221,17 @@ def test_vmap_and_stacked_forward_give_the_same_metrics(population):
     assert vm.vectorized_by == "vmap" and pop.vectorized_by == "stacked"
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+
+
+def test_member_metrics_do_not_depend_on_the_population(population):
+    """hessian_metrics seeds each member by its model_id: a member alone gets the same numbers."""
+    pop = population
+    x, y = pop.x[:128], pop.y[0, :128]
+    both = hessian_metrics(pop, x, y, iters=15, probes=12, tol=0.0, seed=3)
+    solo = Population(pop.task, pop.arch, pop.init, pop.common, pop.members[1:])
+    solo.params = {k: v[1:].detach().clone().requires_grad_(True) for k, v in pop.params.items()}
+    alone = hessian_metrics(solo, x, y, iters=15, probes=12, tol=0.0, seed=3)
+    for k in both:
+        assert alone[k].item() == pytest.approx(both[k][1].item(), rel=1e-4), k
+    other_seed = hessian_metrics(solo, x, y, iters=15, probes=12, tol=0.0, seed=4)
+    assert other_seed["trace"].item() != alone["trace"].item()

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize, TwoSlopeNorm, to_rgba
+from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
@@ -243,7 +243,7 @@ class Grid:
 
 def phase_grid(table: Any, zoo: str | None = None) -> Grid:
     """Grid of a per-cell (or per-model) table: x = temperature, y = load, tiles by index."""
-    df = table if isinstance(table, pd.DataFrame) else _to_frame(table)
+    df = _select_zoo(table if isinstance(table, pd.DataFrame) else _to_frame(table), zoo, "cells")
     _require(df, ["temperature", "load"], "cells")
     df = df.copy()
     df["temperature"] = pd.to_numeric(df["temperature"], errors="coerce").astype(float)
@@ -327,7 +327,7 @@ def _setup_plane(ax, grid: Grid) -> None:
 def _text_color(rgba) -> str:
     r, g, b = (c if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgba(rgba)[:3])
     lum = 0.2126 * r + 0.7152 * g + 0.0722 * b  # relative luminance (WCAG)
-    return "black" if lum > 0.2 else "white"
+    return "black" if lum > 0.179 else "white"  # the higher WCAG contrast ratio
 
 
 def _nan_tile(ax, ix: int, iy: int, fontsize: float, text: str = "n/a") -> None:
@@ -349,6 +349,8 @@ def _metric_norm(values: np.ndarray, kind: str):
     if not finite.size:
         return Normalize(0.0, 1.0)
     lo, hi = float(finite.min()), float(finite.max())
+    if lo > 0 and hi / lo >= 100:  # positive and spanning decades (train loss, top eigenvalue)
+        return LogNorm(lo, hi)
     if hi <= lo:
         pad = abs(lo) * 0.05 or 0.5
         lo, hi = lo - pad, hi + pad
@@ -385,8 +387,10 @@ def heatmap(cells: Any, metric: str, zoo: str, path: Path) -> Path:
                 _nan_tile(ax, ix, iy, fs)
                 continue
             ax.text(ix, iy, _format_value(v), ha="center", va="center", fontsize=fs, color=_text_color(cmap(norm(v))), zorder=3)
-    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cb.set_label(style.title + (" (centred at 0)" if style.kind == "diverging" else ""))
+    cax = ax.inset_axes([1.04, 0.0, 0.045 * 5 / max(nx, 5), 1.0])  # exactly as tall as the plane
+    cb = fig.colorbar(im, cax=cax)
+    note = " (centred at 0)" if style.kind == "diverging" else (" (log color scale)" if isinstance(norm, LogNorm) else "")
+    cb.set_label(style.title + note)
     cb.outline.set_visible(False)
     ax.set_title(f"{zoo}: {style.title}")
     return _save(fig, path)
@@ -422,7 +426,7 @@ def phase_map(cells: Any, zoo: str, path: Path) -> Path:
             lab = labels[iy][ix] or UNKNOWN
             seen.add(lab)
             if lab == UNKNOWN:
-                _nan_tile(ax, ix, iy, fs - 1, text="?")
+                _nan_tile(ax, ix, iy, fs, text="?")
                 continue
             ax.add_patch(Rectangle((ix - 0.5, iy - 0.5), 1, 1, facecolor=PHASE_COLORS[lab], linewidth=0, zorder=1))
             ax.text(ix, iy, lab, ha="center", va="center", fontsize=fs, fontweight="bold", color="#222222", zorder=3)

@@ -75,9 +75,16 @@ def evaluate_curves(fwd: Callable, buffers: Params, theta0: Params, thetac: Para
 
 
 def mode_connectivity(v: torch.Tensor) -> torch.Tensor:
-    """mc per curve from values v: (P, T) along the curve (endpoints at 0 and T−1)."""
+    """mc per curve from values v: (P, T) along the curve (endpoints at 0 and T−1).
+
+    t* ranges over the interior points 0 < t < 1: at an endpoint |v − ½(v₀+v₁)| is just
+    ½|v₀ − v₁|, so admitting endpoints would report the seeds' difference in loss as a
+    barrier (or a bonus) on a perfectly straight, monotone curve.
+    """
+    if v.shape[1] < 3:
+        raise ValueError(f"need at least 3 points along the curve (got {v.shape[1]})")
     base = 0.5 * (v[:, :1] + v[:, -1:])  # (P, 1)
-    dev = v - base
+    dev = v[:, 1:-1] - base  # interior points only
     j = dev.abs().argmax(dim=1, keepdim=True)  # t* per curve
     return -dev.gather(1, j).squeeze(1)  # ½(v0+v1) − v(t*)
 

@@ -43,19 +43,32 @@ def _normalize(v: Params) -> Params:
     return _scale(v, 1.0 / norm)
 
 
-def _default_generator(generator: torch.Generator | None, seed: int = 0) -> torch.Generator:
+Generators = torch.Generator | list[torch.Generator]  # one stream, or one per member
+
+
+def _default_generator(generator: Generators | None, seed: int = 0) -> Generators:
     return generator if generator is not None else torch.Generator().manual_seed(seed)
 
 
-def _randn_like(params: Params, g: torch.Generator) -> Params:
-    return {k: torch.randn(p.shape, generator=g, dtype=p.dtype, device=g.device).to(p.device)
+def _draw(params: Params, g: Generators, sample: Callable[[tuple, torch.Generator], Tensor]) -> Params:
+    """Random stacked vectors like params: from one generator, or member m's from g[m] alone
+    (then a member's draws do not depend on which population it is computed in)."""
+    if isinstance(g, torch.Generator):
+        return {k: sample(tuple(p.shape), g).to(p.device, p.dtype) for k, p in params.items()}
+    M = next(iter(params.values())).shape[0]
+    if len(g) != M:
+        raise ValueError(f"got {len(g)} generators for {M} members; pass one generator or one per member")
+    return {k: torch.stack([sample(tuple(p.shape[1:]), gm) for gm in g]).to(p.device, p.dtype)
             for k, p in params.items()}
 
 
-def _rademacher_like(params: Params, g: torch.Generator) -> Params:
+def _normal(shape: tuple, g: torch.Generator) -> Tensor:
+    return torch.randn(shape, generator=g, device=g.device)
+
+
+def _rademacher(shape: tuple, g: torch.Generator) -> Tensor:
     """Entries ±1 with probability ½ each."""
-    return {k: (torch.randint(0, 2, p.shape, generator=g, device=g.device) * 2 - 1).to(p.device, p.dtype)
-            for k, p in params.items()}
+    return (torch.randint(0, 2, shape, generator=g, device=g.device) * 2 - 1).float()
 
 
 # ---- the Hessian operator --------------------------------------------------------------------
@@ -101,10 +114,10 @@ def hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
 
 
 # ---- power iteration and Hutchinson on an operator -------------------------------------------
-def _power_iteration(op: _HessianOperator, max_iter: int, tol: float, g: torch.Generator) -> Tensor:
+def _power_iteration(op: _HessianOperator, max_iter: int, tol: float, g: Generators) -> Tensor:
     """PyHessian's `eigenvalues()` (top one), per member, with per-member stopping: (M,)."""
     M = op.n_members
-    v = _normalize(_randn_like(op.leaves, g))
+    v = _normalize(_draw(op.leaves, g, _normal))
     eig = torch.full((M,), float("nan"), dtype=torch.float64)
     done = ~op.finite.cpu()  # a non-finite member stays NaN and is not waited for
     for i in range(max_iter):
@@ -123,7 +136,7 @@ def _power_iteration(op: _HessianOperator, max_iter: int, tol: float, g: torch.G
 
 
 def _hutchinson(op: _HessianOperator, max_iter: int, tol: float, min_probes: int,
-                g: torch.Generator) -> tuple[Tensor, Tensor]:
+                g: Generators) -> tuple[Tensor, Tensor]:
     """PyHessian's `trace()`, per member, at least `min_probes` probes: (mean, stderr), each (M,)."""
     M = op.n_members
     total = torch.zeros(M, dtype=torch.float64)
@@ -134,7 +147,7 @@ def _hutchinson(op: _HessianOperator, max_iter: int, tol: float, min_probes: int
     for i in range(max_iter):
         if bool(done.all()):
             break
-        v = _rademacher_like(op.leaves, g)
+        v = _draw(op.leaves, g, _rademacher)
         sample = _dot(op(v), v).cpu()  # vᵀ H v, (M,)
         live = ~done
         total += torch.where(live, sample, 0.0)
@@ -155,24 +168,27 @@ def _hutchinson(op: _HessianOperator, max_iter: int, tol: float, min_probes: int
 
 # ---- public functions ------------------------------------------------------------------------
 def top_eigenvalue(loss_fn: LossFn, params: Params, max_iter: int = 100, tol: float = 1e-3,
-                   generator: torch.Generator | None = None) -> Tensor:
+                   generator: Generators | None = None) -> Tensor:
     """Top (largest-magnitude) Hessian eigenvalue per member by power iteration: (M,).
 
     Random normal start per member; each step λ = v·Hv (Rayleigh quotient) and v <- Hv/‖Hv‖.
     A member stops when |λ_new − λ_old| / (|λ_old| + 1e-6) < tol; the loop ends when every
     member has stopped or after max_iter HVPs. tol=0 runs exactly max_iter HVPs.
+    generator: one for all members, or a list of one per member (member m draws only from its
+    own); None = seed 0.
     """
     op = _HessianOperator(loss_fn, params)
     return _power_iteration(op, max_iter, tol, _default_generator(generator))
 
 
 def hutchinson_trace(loss_fn: LossFn, params: Params, max_iter: int = 100, tol: float = 1e-3,
-                     generator: torch.Generator | None = None, min_probes: int = 10) -> tuple[Tensor, Tensor]:
+                     generator: Generators | None = None, min_probes: int = 10) -> tuple[Tensor, Tensor]:
     """Hessian trace per member by Hutchinson's estimator with Rademacher probes: (mean, stderr).
 
     tr(H_m) ≈ mean over probes of v_mᵀ H_m v_m. A member stops once it has at least
     `min_probes` probes and the running mean changed by less than `tol` relative (PyHessian's
-    criterion); at most max_iter probes. stderr = sample std / sqrt(probes), each (M,).
+    criterion); at most max_iter probes. stderr = sample std / sqrt(probes), each (M,); nan
+    with a single probe. generator: as in `top_eigenvalue`.
     """
     op = _HessianOperator(loss_fn, params)
     return _hutchinson(op, max_iter, tol, min_probes, _default_generator(generator))
@@ -205,11 +221,14 @@ def hessian_metrics(pop, x: Tensor, y: Tensor, iters: int, probes: int, tol: flo
 
     x, y: the training batches concatenated (PyHessian's batch-size-weighted average of HVPs
     over batches is the HVP of the mean loss over their concatenation). Returns
-    {"top_eigenvalue", "trace", "trace_stderr"}, each (M,), reproducible from `seed`.
+    {"top_eigenvalue", "trace", "trace_stderr"}, each (M,). Each member's random vectors come
+    from its own generator seeded by (seed, model_id), so a member's metrics do not depend on
+    which population (bundle) computed them, up to float rounding.
     """
     op = _HessianOperator(population_loss_fn(pop, x, y), pop.params)
-    g_eig = torch.Generator().manual_seed(derived_seed("hessian_eigenvalue", seed))
-    g_tr = torch.Generator().manual_seed(derived_seed("hessian_trace", seed))
+    ids = [m.model_id for m in pop.members]
+    g_eig = [torch.Generator().manual_seed(derived_seed("hessian_eigenvalue", seed, i)) for i in ids]
+    g_tr = [torch.Generator().manual_seed(derived_seed("hessian_trace", seed, i)) for i in ids]
     eig = _power_iteration(op, iters, tol, g_eig)
     trace, stderr = _hutchinson(op, probes, tol, min(10, probes), g_tr)
     return {"top_eigenvalue": eig, "trace": trace, "trace_stderr": stderr}
