@@ -7,7 +7,7 @@ import pytest
 
 from zoo.landscape.phases import PHASES, PhaseThresholds, label_cell, label_phase
 
-TH = PhaseThresholds()  # train_loss 0.1, log trace 4, mc tolerance 0.05, cka 0.9
+TH = PhaseThresholds(mc_tolerance=0.05)  # train_loss 0.1, log trace 4, cka 0.9
 
 ROWS = {
     # (train_loss, log10 trace, mc, cka)

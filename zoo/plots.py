@@ -525,8 +525,8 @@ def learning_curves(rows: Any, zoo: str, path: Path, metric: str = "test_acc") -
     fig.supxlabel(f"epoch   (columns: {grid.xlabel}; rows: {grid.ylabel})", fontsize=9)
     fig.supylabel(title, fontsize=9)
     fig.suptitle(f"{zoo}: learning curves, {title} (one line per seed)", fontsize=11)
-    if 1 < len(seeds) <= 10:
-        fig.legend(handles=[Patch(color=seed_color[s], label=f"seed {s}") for s in seeds], loc="upper right",
-                   fontsize=7, frameon=False, ncol=min(len(seeds), 5), bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
+    if 1 < len(seeds) <= 10:  # a legend row under the title, clear of it
+        fig.legend(handles=[Patch(color=seed_color[s], label=f"seed {s}") for s in seeds], loc="upper center",
+                   fontsize=7, frameon=False, ncol=min(len(seeds), 10), bbox_to_anchor=(0.5, 0.955))
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return _save(fig, path)

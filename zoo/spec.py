@@ -118,8 +118,8 @@ class CKASettings(_Strict):
 
 
 class ConnectivitySettings(_Strict):
-    epochs: int = Field(4, ge=0)  # epochs of training the Bezier control point
-    lr: float = Field(0.01, gt=0)  # Adam learning rate of the control point
+    epochs: int = Field(20, ge=0)  # epochs of training the Bezier control point (cosine-decayed Adam)
+    lr: float = Field(0.02, gt=0)  # its peak learning rate
     batch_size: int = Field(128, ge=1)
     points: int = Field(11, ge=3)  # evenly spaced t in [0, 1] where the curve is evaluated
 

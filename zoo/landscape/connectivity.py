@@ -8,7 +8,8 @@ t ~ U(0, 1). On evenly spaced t the curve's training loss or error v(t) gives
 
 (Yang et al. 2021): mc < 0 means a barrier between the two models (poorly connected), mc ≈ 0
 a flat valley, mc > 0 a curve that beats its own (under-trained) endpoints. Pairs are stacked on
-a leading dim and trained with one batched forward, like a Population.
+a leading dim and trained with one batched forward, like a Population; the control points are
+trained with Adam under a cosine-decayed learning rate.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def fit_curves(fwd: Callable, buffers: Params, theta0: Params, theta1: Params, x
     y = _member_labels(y, P)
     thetac = {k: ((theta0[k] + theta1[k]) / 2).detach().clone().requires_grad_(True) for k in theta0}
     opt = torch.optim.Adam(list(thetac.values()), lr=lr)  # one Adam over stacked tensors = P Adams
+    steps = epochs * -(-N // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(1, steps))))
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         perm = torch.randperm(N, generator=g)
@@ -52,6 +55,7 @@ def fit_curves(fwd: Callable, buffers: Params, theta0: Params, theta1: Params, x
             opt.zero_grad()
             loss.sum().backward()
             opt.step()
+            sched.step()  # cosine decay to 0: the control point settles instead of hovering
     return {k: v.detach() for k, v in thetac.items()}
 
 

@@ -24,6 +24,7 @@ from zoo.train import derived_seed
 
 Params = dict[str, Tensor]  # name -> (M, *shape)
 LossFn = Callable[[Params], Tensor]  # params -> (M,) per-member losses
+Generators = torch.Generator | list[torch.Generator]  # one stream, or one per member
 
 
 # ---- per-member vector algebra on stacked dicts ------------------------------------------------
@@ -41,9 +42,6 @@ def _normalize(v: Params) -> Params:
     """Each member's vector scaled to unit norm (the norm over all its parameter tensors)."""
     norm = _dot(v, v).sqrt().clamp_min(1e-30)  # (M,)
     return _scale(v, 1.0 / norm)
-
-
-Generators = torch.Generator | list[torch.Generator]  # one stream, or one per member
 
 
 def _default_generator(generator: Generators | None, seed: int = 0) -> Generators:
@@ -94,15 +92,13 @@ class _HessianOperator:
         return int(self.losses.shape[0])
 
     def __call__(self, v: Params) -> Params:
-        out = {k: torch.zeros_like(p) for k, p in self.leaves.items()}
+        out: Params = {}
         if self._pairs:
             keys, grads = zip(*self._pairs)
             hv = torch.autograd.grad(grads, [self.leaves[k] for k in keys], grad_outputs=[v[k] for k in keys],
                                      retain_graph=True, allow_unused=True)
-            for k, h in zip(keys, hv):
-                if h is not None:
-                    out[k] = h.detach()
-        return out
+            out = {k: h.detach() for k, h in zip(keys, hv) if h is not None}
+        return {k: out[k] if k in out else torch.zeros_like(p) for k, p in self.leaves.items()}
 
 
 def hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
@@ -144,7 +140,7 @@ def _hutchinson(op: _HessianOperator, max_iter: int, tol: float, min_probes: int
     count = torch.zeros(M, dtype=torch.float64)
     mean = torch.zeros(M, dtype=torch.float64)
     done = ~op.finite.cpu()
-    for i in range(max_iter):
+    for _ in range(max_iter):
         if bool(done.all()):
             break
         v = _draw(op.leaves, g, _rademacher)

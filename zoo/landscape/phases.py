@@ -39,10 +39,13 @@ class PhaseThresholds(BaseModel):
     log_hessian_trace = 4: a trace of 10⁴ is two orders of magnitude above what interpolating
       MLP/CNN zoo members show (10⁰–10²) and is reached on the high-loss slopes of under-trained
       or unstable training; it only overrules the loss for sharp, unstable minima.
-    mc_tolerance = 0.05: on mc of the training loss (nats), a bump below 0.05 is within the
-      seed-to-seed noise of a Bezier curve trained for a few epochs.
+    mc_tolerance = 0.1: on mc of the training loss (nats). A Bezier curve fitted for the default
+      20 epochs still leaves a residual bump between interpolating seeds that longer fitting
+      removes (default zoo, width 256, batch 64: mc −0.29 after 10 epochs, −0.07 after 20,
+      −0.06 after 40), while real barriers there are 0.3–0.8 nats; 0.1 separates the two.
     cka = 0.9: linear CKA of logits between seeds; ≥ 0.9 means the seeds compute nearly the same
-      function up to a linear map (IV-B, the "best" phase in Yang et al.).
+      function up to a linear map (IV-B, the "best" phase in Yang et al.); under-trained and
+      noisy cells of the default zoo sit at 0.3–0.85.
     mc_on: which curve metric decides connectivity ("loss" as in Yang et al., or "error").
     cka_on: which representation CKA uses ("logits" or "features").
     """
@@ -50,7 +53,7 @@ class PhaseThresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train_loss: float = Field(0.1, gt=0)
     log_hessian_trace: float = 4.0
-    mc_tolerance: float = Field(0.05, ge=0)
+    mc_tolerance: float = Field(0.1, ge=0)
     cka: float = Field(0.9, gt=0, le=1)
     mc_on: str = Field("loss", pattern="^(loss|error)$")
     cka_on: str = Field("logits", pattern="^(logits|features)$")
