@@ -167,12 +167,18 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def run_setting(task: Task, width: int, batch_size: int, epochs: int, peak: float) -> SettingResult:
+def run_setting(task: Task, width: int, batch_size: int, epochs: int, peak: float, repeats: int) -> SettingResult:
+    """The two sides alternate `repeats` times and each keeps its fastest run: on a shared
+    2-core machine a burst of other load hits one side's single run and skews the ratio."""
     members = make_members()
     warm_up_loop(task, width, batch_size)
-    loop_s, loop = time_loop(task, width, batch_size, epochs, members)
     warm_up_population(task, width, batch_size, members)
-    pop_s, pop = time_population(task, width, batch_size, epochs, members)
+    loop_s = pop_s = float("inf")
+    for _ in range(repeats):
+        t, loop = time_loop(task, width, batch_size, epochs, members)
+        loop_s = min(loop_s, t)
+        t, pop = time_population(task, width, batch_size, epochs, members)
+        pop_s = min(pop_s, t)
     diff = max_abs_diff(pop.member_state(0), loop[0].net.state_dict())
     flops = training_flops(loop[0].net, task.n_train, epochs, len(members))
     gflops = flops / pop_s / 1e9
@@ -208,11 +214,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 epoch per setting (default 3)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per setting (overrides --quick)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs per side; the fastest counts")
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = 1 if args.quick else 3
-    if args.epochs < 1:
-        p.error("--epochs must be >= 1")
+    if args.epochs < 1 or args.repeats < 1:
+        p.error("--epochs and --repeats must be >= 1")
     return args
 
 
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, {threads} thread(s), matmul peak {peak / 1e9:.2f} GFLOP/s")
     results = []
     for width, batch_size in itertools.product(WIDTHS, BATCH_SIZES):
-        results.append(run_setting(task, width, batch_size, args.epochs, peak))
+        results.append(run_setting(task, width, batch_size, args.epochs, peak, args.repeats))
     print_table(results, len(make_members()))
     bad = [r for r in results if not r.max_diff <= TOLERANCE]
     if bad:

@@ -46,6 +46,7 @@ def stacked_forward(net: nn.Module) -> Callable | None:
     def forward(params: dict[str, torch.Tensor], buffers: dict, x: torch.Tensor) -> torch.Tensor:
         M, B = x.shape[:2]
         grouped = False  # False: (M, B, C, ...); True: (B, M*C, ...) for grouped convolutions
+        fresh = False  # x was created by the previous layer (safe to modify in place)
         for name, m in layers:
             if isinstance(m, nn.Linear):
                 if grouped:
@@ -57,7 +58,7 @@ def stacked_forward(net: nn.Module) -> Callable | None:
                 else:
                     x = torch.bmm(x, w.transpose(1, 2))
             elif isinstance(m, nn.ReLU):
-                x = torch.relu(x)
+                x = torch.relu_(x) if fresh else torch.relu(x)  # in place: one tensor fewer per step
             elif isinstance(m, nn.Flatten):
                 if grouped:
                     x, grouped = _ungroup(x, M), False
@@ -74,6 +75,7 @@ def stacked_forward(net: nn.Module) -> Callable | None:
                     x = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)  # (B, M*C, 1, ...)
                 else:
                     x = x.mean(dim=tuple(range(3, x.dim())), keepdim=True)
+            fresh = isinstance(m, (nn.Linear, nn.ReLU)) or type(m) in _CONV
         if grouped:
             x = _ungroup(x, M)
         return x

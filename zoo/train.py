@@ -191,9 +191,9 @@ class Population:
         if len(states) != len(members):
             raise ValueError(f"{len(states)} states for {len(members)} members")
         for n in pop.param_names:
-            pop.params[n] = torch.stack([torch.as_tensor(np.asarray(s[n])) for s in states]).requires_grad_(True)
+            pop.params[n] = torch.stack([torch.tensor(np.asarray(s[n])) for s in states]).requires_grad_(True)
         for n in pop.buffer_names:
-            pop.buffers[n] = torch.stack([torch.as_tensor(np.asarray(s[n])) for s in states])
+            pop.buffers[n] = torch.stack([torch.tensor(np.asarray(s[n])) for s in states])  # copies: Ray arrays are read-only
         return pop
 
     @property
