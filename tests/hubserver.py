@@ -95,12 +95,15 @@ DEFAULT_GITATTRIBUTES = "".join(
 class HubError(Exception):
     """An HTTP error answer: status, optional `X-Error-Code`, message."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None, body: dict | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        self.body = body or {}
 
 
 def _now() -> str:
@@ -397,7 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
             if response is None:
                 response = hub._route(req)
         except HubError as e:
-            response = _json({"error": e.message}, e.status, e.headers)
+            response = _json({"error": e.message, **e.body}, e.status, e.headers)
             response.headers["X-Error-Message"] = e.message
             if e.code:
                 response.headers["X-Error-Code"] = e.code
@@ -646,6 +649,11 @@ class HubServer:
                 {"method": method, "pattern": re.compile(pattern), "status": status, "times": times, "message": message}
             )
 
+    def clear_failures(self) -> None:
+        """Drop every failure injected with `fail` that has not been used up."""
+        with self._lock:
+            self._failures.clear()
+
     def repo_exists(self, repo_id: str, repo_type: str = "dataset") -> bool:
         return self._get_repo(repo_type, repo_id, must_exist=False) is not None
 
@@ -847,8 +855,9 @@ class HubServer:
             raise HubError(400, f"Invalid repo name: {organization}/{name}")
         repo_id = f"{organization}/{name}"
         with self._lock:
-            if self._get_repo(repo_type, repo_id, must_exist=False) is not None:
-                raise HubError(409, "You already created this repo", headers={})
+            existing = self._get_repo(repo_type, repo_id, must_exist=False)
+            if existing is not None:  # the Hub's 409 carries the url: `create_repo(exist_ok=True)` reads it
+                raise HubError(409, f"You already created this {repo_type} repo", body={"url": self._repo_url(existing)})
             private = payload.get("private")
             if payload.get("visibility") is not None:
                 private = payload["visibility"] == "private"

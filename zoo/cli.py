@@ -1,4 +1,4 @@
-"""`zoo build | metrics | plot | info | verify`: the command line of the dataset builder.
+"""`zoo build | metrics | plot | push | info | verify`: the command line of the dataset builder.
 
 User mistakes print one line `zoo: error: ...` and exit with code 2; `verify` exits 1 when the
 folder does not match its manifest.
@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="(re)draw the phase diagrams and learning curves of a dataset")
     pl.add_argument("dir")
     pl.add_argument("--zoo", action="append", help="only this zoo (repeatable; default: all with metrics)")
+    pu = sub.add_parser("push", help="publish a dataset folder to a Hugging Face Hub dataset repo")
+    pu.add_argument("dir")
+    pu.add_argument("--repo", required=True, help="dataset repo id, e.g. zoo/phases (created if missing)")
+    pu.add_argument("--private", action="store_true", help="create the repo private")
+    pu.add_argument("--message", help="commit message")
+    pu.add_argument("--revision", help="branch to push to (default: main)")
     i = sub.add_parser("info", help="table of the zoos in a dataset folder")
     i.add_argument("dir")
     v = sub.add_parser("verify", help="check sha256 and row counts against manifest.json (exit 1 on mismatch)")
@@ -116,6 +122,24 @@ def _print_info(root: Path, manifest: dict) -> None:
     console.print(t)
 
 
+def cmd_push(a) -> int:
+    from zoo import hub
+
+    root = Path(a.dir)
+    if not (root / "manifest.json").exists():
+        raise ZooError(f"{root}: no manifest.json; not a zoo dataset folder")
+    m = hub.push(root, a.repo, private=a.private, message=a.message, revision=a.revision)
+    print(f"pushed {', '.join(sorted(store_zoos(root)))} to {a.repo}; the repo now holds "
+          f"{', '.join(sorted(m['zoos']))} ({len(m['files'])} files)")
+    return 0
+
+
+def store_zoos(root: Path) -> list[str]:
+    from zoo import store
+
+    return list(store.read_manifest(root)["zoos"])
+
+
 def cmd_info(a) -> int:
     from zoo import store
 
@@ -145,7 +169,7 @@ def cmd_verify(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "metrics": cmd_metrics, "plot": cmd_plot, "info": cmd_info,
+        return {"build": cmd_build, "metrics": cmd_metrics, "plot": cmd_plot, "push": cmd_push, "info": cmd_info,
                 "verify": cmd_verify}[a.cmd](a)
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)

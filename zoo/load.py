@@ -39,10 +39,15 @@ def _from_flat(net: nn.Module, flat) -> dict[str, torch.Tensor]:
     return out
 
 
-def _from_shard(net: nn.Module, row: Mapping[str, Any], root: str | Path) -> dict[str, torch.Tensor]:
+def _from_shard(net: nn.Module, row: Mapping[str, Any], root: str | Path | None) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
-    path = Path(root) / _get(row, "shard")
+    if root is not None:
+        path = Path(root) / _get(row, "shard")
+    else:  # a row published by `zoo push`: the shard comes from its repo (cached after the first time)
+        from zoo.hub import download_shard
+
+        path = download_shard(row["repo_id"], _get(row, "shard"), row.get("revision"))
     if not path.exists():
         raise ZooError(f"{path}: shard not found (row {row.get('model_id')}, epoch {row.get('epoch')})")
     prefix = _get(row, "tensor_prefix")
@@ -59,18 +64,20 @@ def _from_shard(net: nn.Module, row: Mapping[str, Any], root: str | Path) -> dic
 def load_model(row: Mapping[str, Any], root: str | Path | None = None) -> nn.Module:
     """The row's architecture with the row's checkpoint loaded, in eval mode.
 
-    Uses the flat `weights` column when the row has it, else the safetensors shard under `root`
-    (the dataset folder), reading only this checkpoint's tensors.
+    Uses the flat `weights` column when the row has it; else the safetensors shard, from `root`
+    (the dataset folder) when given, or from the Hub repo the row was published to (its
+    `repo_id` / `revision` columns, cached by huggingface_hub); only this checkpoint's tensors
+    are read from the shard.
     """
     net = build_for_row(row)
     flat = row.get("weights") if hasattr(row, "get") else None
     if flat is not None and root is None:
         state = _from_flat(net, flat)
-    elif root is not None:
+    elif root is not None or row.get("repo_id"):
         state = _from_shard(net, row, root)
     else:
         raise ZooError(
-            f"row {row.get('model_id')} has no flat weights; pass root=<dataset folder> to read its shard"
+            f"row {row.get('model_id')} has no flat weights and no repo_id; pass root=<dataset folder> to read its shard"
         )
     net.load_state_dict(state)
     return net.eval()

@@ -67,6 +67,8 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "shard": (pa.string(), "safetensors shard holding this checkpoint, relative to the dataset root"),
     "tensor_prefix": (pa.string(), "prefix of this checkpoint's tensors in the shard: <model_id>/<epoch>/"),
     "bundle": (pa.string(), "id of the bundle (one Ray task) that trained the model"),
+    "repo_id": (pa.string(), "Hub dataset repo the row was published to (set by `zoo push`; null locally)"),
+    "revision": (pa.string(), "branch of that repo the row was published to"),
     "weights": (pa.list_(pa.float32()), "flat float32 state_dict in state_dict order; null above the size limit"),
 }
 
