@@ -96,8 +96,9 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         "## Phases",
         "",
         "Every cell is labelled by one explicit rule (`zoo/landscape/phases.py`, thresholds in the "
-        "spec's `metrics.phases`): under-trained cells are phase I (mode connectivity mc < 0) or II "
-        "(mc >= 0); trained cells are III (mc < 0, a barrier between seeds) or IV (connected), split "
+        "spec's `metrics.phases`): a cell is trained when its training loss and Hessian trace are low; "
+        "under-trained cells are phase I (a barrier between seeds: mode connectivity mc below minus "
+        "the tolerance) or II (connected); trained cells are III (barrier) or IV (connected), split "
         "by the CKA of the seeds' logits into IV-A (low) and IV-B (high). The label and the cell's "
         "metrics are copied onto every model row of the cell.",
         "",

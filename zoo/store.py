@@ -30,12 +30,12 @@ CURVES = ("train_loss", "train_acc", "test_loss", "test_acc")
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "model_id": (pa.string(), "stable hash of (zoo, task, architecture, training hyperparameters, seed)"),
     "zoo": (pa.string(), "zoo (dataset config) name"),
-    "task": (pa.string(), "task the model was trained on (mnist1d, digits, hf:<repo_id>)"),
+    "task": (pa.string(), "task the model was trained on (`mnist1d`, `digits`, `hf:<repo_id>`)"),
     "task_args": (pa.string(), "JSON of the task's arguments ({} for built-in tasks)"),
     "family": (pa.string(), "model family (mlp, cnn)"),
     "arch": (pa.string(), "JSON of the family and its knobs: enough to rebuild the net"),
     "init": (pa.string(), "initialization scheme of epoch 0"),
-    "cell": (pa.string(), "cell id T<i>L<j>: index i on the temperature axis, j on the load axis"),
+    "cell": (pa.string(), "cell id `T<i>L<j>`: index i on the temperature axis, j on the load axis"),
     "temperature_param": (pa.string(), "hyperparameter on the temperature axis (batch_size or lr)"),
     "temperature": (pa.float64(), "its value for this model"),
     "load_param": (pa.string(), "hyperparameter on the load axis (width, data_fraction or label_noise)"),
@@ -65,7 +65,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "diverged_epoch": (pa.int64(), "epoch in which the model diverged, null if it did not"),
     "n_params": (pa.int64(), "number of trainable parameters"),
     "shard": (pa.string(), "safetensors shard holding this checkpoint, relative to the dataset root"),
-    "tensor_prefix": (pa.string(), "prefix of this checkpoint's tensors in the shard: <model_id>/<epoch>/"),
+    "tensor_prefix": (pa.string(), "prefix of this checkpoint's tensors in the shard: `<model_id>/<epoch>/`"),
     "bundle": (pa.string(), "id of the bundle (one Ray task) that trained the model"),
     "repo_id": (pa.string(), "Hub dataset repo the row was published to (set by `zoo push`; null locally)"),
     "revision": (pa.string(), "branch of that repo the row was published to"),
@@ -88,7 +88,7 @@ COLUMNS.update({k: (t, d + " [cell metric]") for k, (t, d) in CELL_METRICS.items
 # the per-cell table: data/<zoo>/cells-<ti>-<li>.parquet, one row per cell
 CELL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "zoo": (pa.string(), "zoo name"),
-    "cell": (pa.string(), "cell id T<i>L<j>"),
+    "cell": (pa.string(), "cell id `T<i>L<j>`"),
     "temperature_param": (pa.string(), "hyperparameter on the temperature axis"),
     "temperature": (pa.float64(), "its value"),
     "load_param": (pa.string(), "hyperparameter on the load axis"),
