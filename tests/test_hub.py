@@ -128,6 +128,26 @@ print(json.dumps({"a": len(a), "b": len(b), "cells": len(cells), "zoos": sorted(
     assert after == files_before and files_before  # the first zoo's files are untouched
 
 
+def test_repush_removes_files_a_zoo_no_longer_has(hub, hub_env, zoos, tmp_path):
+    import shutil
+
+    assert push(hub_env, zoos["alpha"]).returncode == 0
+    copy = tmp_path / "alpha"
+    shutil.copytree(zoos["alpha"], copy)
+    gone = "figures/alpha-learning-curves.png"
+    (copy / gone).unlink()
+    m = store.read_manifest(copy)
+    m["figures"] = [f for f in m["figures"] if f != gone]
+    store.refresh_manifest(copy, m)
+    assert store.verify(copy) == []
+    assert gone in hub.files(REPO)
+    r = push(hub_env, copy)
+    assert r.returncode == 0, r.stderr
+    assert gone not in hub.files(REPO) and "figures/alpha-phases.png" in hub.files(REPO)
+    pushed = json.loads(hub.read(REPO, "manifest.json"))
+    assert gone not in pushed["files"] and gone not in pushed["figures"]
+
+
 def test_interrupted_push_resumes_without_resending(hub, hub_env, tmp_path, zoos):
     repo = "zoo/resume"
     hub.fail("POST", r"/commit/", status=503, times=10)  # the commit keeps failing: the push is cut off

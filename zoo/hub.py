@@ -105,7 +105,7 @@ def _stage_parquet(src: Path, dst: Path, repo_id: str, revision: str) -> None:
 def push(root: str | Path, repo_id: str, *, private: bool = False, message: str | None = None,
          revision: str | None = None, token: str | None = None) -> dict:
     """Upload the zoos of `root` into the dataset repo `repo_id`; returns the pushed manifest."""
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 
     root = Path(root)
     problems = store.verify(root)
@@ -126,8 +126,11 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, message: str 
                       "zoos": {**remote.get("zoos", {}), **local["zoos"]}}
             pushed = set(local["zoos"])
             # the pushed zoos' files replace theirs; every other zoo's files stay as they are
-            files = {k: v for k, v in remote.get("files", {}).items()
-                     if not any(f"/{z}/" in k or Path(k).name.startswith(f"{z}-") for z in pushed)}
+            def of_pushed(k: str) -> bool:
+                return any(f"/{z}/" in k or Path(k).name.startswith(f"{z}-") for z in pushed)
+
+            files = {k: v for k, v in remote.get("files", {}).items() if not of_pushed(k)}
+            stale = sorted(k for k in remote.get("files", {}) if of_pushed(k) and k not in local["files"])
             figs = [f for f in remote.get("figures", []) if not any(Path(f).name.startswith(f"{z}-") for z in pushed)]
             merged["figures"] = sorted(figs + local.get("figures", []))
             ops = []
@@ -147,6 +150,7 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, message: str 
             merged["versions"] = store.versions()
             (stage / "manifest.json").write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
             ops += [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(stage / n)) for n in ("README.md", "manifest.json")]
+            ops += [CommitOperationDelete(path_in_repo=k) for k in stale]  # a rebuilt zoo's files that are gone
             api.create_commit(repo_id, ops, repo_type="dataset", revision=revision,
                               commit_message=message or f"zoo push: {', '.join(sorted(pushed))}")
     return merged
