@@ -67,7 +67,12 @@ def start_ray(address: str | None, workers: int):
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     kw = dict(logging_level=logging.ERROR, log_to_driver=True, configure_logging=True)
     if address:
-        ray.init(address=address, **kw)
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError) as e:
+            cause = str(e.__cause__ or e).splitlines()[0][:200]
+            raise ZooError(f"--address {address}: cannot join the Ray cluster ({cause}); check the address, "
+                           "and for a cluster with token authentication RAY_AUTH_MODE=token and its token") from None
     else:
         ray.init(num_cpus=workers, include_dashboard=False, **kw)
     return ray

@@ -170,3 +170,27 @@ def test_dead_worker_is_retried(built, spec_file, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert snapshot(out) == snapshot(built)
+
+
+def test_joins_an_existing_cluster(built, spec_file, tmp_path):
+    """`--address` connects to a running Ray cluster (a head node started here) instead of starting one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    start = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address",
+                            "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        out = tmp_path / "on-cluster"
+        r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(spec_file), "--out", str(out),
+                            "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert f"cluster 127.0.0.1:{port}" in " ".join(r.stderr.split())
+        assert snapshot(out) == snapshot(built)
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)
