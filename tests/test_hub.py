@@ -186,3 +186,15 @@ def test_errors_are_one_line_and_write_nothing(hub, hub_env, zoos, tmp_path):
     assert "cannot reach the Hub" in err
     assert snapshot(zoos["alpha"]) == before
     assert not list(empty.iterdir())
+
+
+def test_private_push_is_invisible_without_a_token(hub, hub_env, zoos, tmp_path):
+    repo = "zoo/private"
+    r = hub_env.run(CLI, "push", str(zoos["beta"]), "--repo", repo, "--private", check=False)
+    assert r.returncode == 0, r.stderr
+    code = "import sys; import zoo; print(len(zoo.open(sys.argv[1], 'beta')))"
+    assert hub_env.run(code, repo).stdout.strip().splitlines()[-1] == "4"
+    fresh = {"HF_HOME": str(tmp_path / "anon"), "HF_HUB_CACHE": str(tmp_path / "anon" / "hub"),
+             "HF_DATASETS_CACHE": str(tmp_path / "anon" / "datasets")}  # no cached copy to fall back on
+    r = hub_env.run(code, repo, env={"HF_TOKEN": None, **fresh}, check=False)
+    assert r.returncode != 0 and "not found" in r.stderr and "zoo/private" in r.stderr
