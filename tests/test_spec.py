@@ -1,7 +1,6 @@
 """ZooSpec loading, model ids, one-line user errors, and the CLI's handling of user mistakes."""
 from __future__ import annotations
 
-import copy
 import re
 import subprocess
 import sys
