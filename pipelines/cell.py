@@ -17,8 +17,9 @@ from zoo.train import MemberConfig, Population, derived_seed
 NAN = float("nan")
 
 
-def _mean(xs) -> float:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
+def finite_mean(xs) -> float:
+    """Mean of the finite values (None/NaN/inf skipped); NaN when there are none."""
+    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     return float(np.mean(xs)) if xs else NAN
 
 
@@ -52,8 +53,8 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
     idx = torch.randperm(x.shape[0], generator=g)[: h.batches * h.batch_size]
     hm = hessian_metrics(pop, x[idx], y[idx], iters=h.max_iter, probes=h.probes, tol=h.tol, seed=0)
     eig, tr = hm["top_eigenvalue"].tolist(), hm["trace"].tolist()
-    trace = _mean(tr)
-    out.update(hessian_top_eig=_mean(eig), hessian_trace=trace, hessian_trace_stderr=_mean(hm["trace_stderr"].tolist()),
+    trace = finite_mean(tr)
+    out.update(hessian_top_eig=finite_mean(eig), hessian_trace=trace, hessian_trace_stderr=finite_mean(hm["trace_stderr"].tolist()),
                log_hessian_trace=math.log10(trace) if trace > 0 else NAN,
                member_hessian_top_eig=eig, member_hessian_trace=tr)
 

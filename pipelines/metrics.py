@@ -6,15 +6,13 @@ are (re)applied from the spec's thresholds at the end, then copied onto every mo
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from pipelines.cell import cell_metrics
+from pipelines.cell import cell_metrics, finite_mean
 from pipelines.runner import Job, Reporter, run_jobs
 from zoo import store
 from zoo.errors import ZooError
@@ -33,9 +31,7 @@ def compute(out: str | Path, zoos: list[str] | None = None, *, address: str | No
     """Compute (or complete) the metrics of the named zoos (default: all) of the dataset at `out`."""
     out = Path(out)
     if manifest is None:
-        if not (out / "manifest.json").exists():
-            raise ZooError(f"{out}: no manifest.json; not a zoo dataset folder")
-        manifest = store.read_manifest(out)
+        manifest = store.open_manifest(out)
     workers = workers or os.cpu_count() or 1
     available = sorted(manifest.get("zoos", {}))
     zoos = zoos or available
@@ -92,8 +88,8 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
             "zoo": spec.name, "cell": cell.id, "temperature_param": cell.temperature_param,
             "temperature": float(cell.temperature), "load_param": cell.load_param, "load": float(cell.load),
             "metrics_epoch": spec.metrics.epoch, "n_models": len(ok), "n_diverged": int(len(sel) - len(ok)),
-            "train_loss": _mean(ok["train_loss"]), "train_error": 1 - _mean(ok["train_acc"]),
-            "test_loss": _mean(ok["test_loss"]), "test_acc": _mean(ok["test_acc"]),
+            "train_loss": finite_mean(ok["train_loss"]), "train_error": 1 - finite_mean(ok["train_acc"]),
+            "test_loss": finite_mean(ok["test_loss"]), "test_acc": finite_mean(ok["test_acc"]),
         }
 
         def commit(res, path=path, summary=summary):
@@ -104,15 +100,8 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
     return jobs, len(cells)
 
 
-def _mean(values) -> float:
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    return float(np.mean(v)) if v else float("nan")
-
-
 def _finish(out: Path, spec: ZooSpec, entry: dict, manifest: dict) -> None:
     """Label phases, copy cell metrics onto model rows, plot, and mark the zoo complete."""
-    from zoo import plots
-
     th = spec.metrics.phases
     cells = {}
     for f in store.cell_files(out, spec.name):
@@ -123,11 +112,19 @@ def _finish(out: Path, spec: ZooSpec, entry: dict, manifest: dict) -> None:
             store.write_cell(f, row)
         cells[row["cell"]] = row
     store.annotate_models(out, spec.name, cells)
-    fig_dir = out / "figures"
-    paths = plots.plot_zoo(list(cells.values()), spec.name, fig_dir)
-    paths.append(plots.learning_curves(store.read_rows(out, spec.name).to_pandas(), spec.name,
-                                       fig_dir / f"{spec.name}-learning-curves.png"))
-    figs = [f for f in manifest.get("figures", []) if not Path(f).name.startswith(f"{spec.name}-")]
-    manifest["figures"] = sorted(figs + [str(Path(p).relative_to(out)) for p in paths])
+    draw_figures(out, spec.name, list(cells.values()), manifest)
     phases = [c["phase"] for c in cells.values()]
     entry.update(status="complete", phases={p: phases.count(p) for p in sorted(set(phases))})
+
+
+def draw_figures(out: Path, zoo: str, cells: list[dict], manifest: dict) -> list[Path]:
+    """The phase diagrams and learning curves of one zoo into out/figures; lists them in the manifest."""
+    from zoo import plots
+
+    fig_dir = out / "figures"
+    paths = plots.plot_zoo(cells, zoo, fig_dir)
+    paths.append(plots.learning_curves(store.read_rows(out, zoo).to_pandas(), zoo,
+                                       fig_dir / f"{zoo}-learning-curves.png"))
+    figs = [f for f in manifest.get("figures", []) if not Path(f).name.startswith(f"{zoo}-")]
+    manifest["figures"] = sorted(figs + [str(Path(p).relative_to(out)) for p in paths])
+    return paths

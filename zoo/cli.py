@@ -75,12 +75,11 @@ def cmd_metrics(a) -> int:
 
 def cmd_plot(a) -> int:
     from pipelines.build import finalize
-    from zoo import plots, store
+    from pipelines.metrics import draw_figures
+    from zoo import store
 
     root = Path(a.dir)
-    if not (root / "manifest.json").exists():
-        raise ZooError(f"{root}: no manifest.json; not a zoo dataset folder")
-    manifest = store.read_manifest(root)
+    manifest = store.open_manifest(root)
     names = a.zoo or [n for n, z in sorted(manifest["zoos"].items()) if "phases" in z]
     if not names:
         raise ZooError(f"{root}: no zoo with landscape metrics; run `zoo metrics {root}` first")
@@ -89,11 +88,7 @@ def cmd_plot(a) -> int:
         cells = store.read_cells(root, name)
         if cells is None:
             raise ZooError(f"{root}: zoo {name!r} has no cell metrics; run `zoo metrics {root} --zoo {name}`")
-        written += plots.plot_zoo(cells.to_pylist(), name, root / "figures")
-        written.append(plots.learning_curves(store.read_rows(root, name).to_pandas(), name,
-                                             root / "figures" / f"{name}-learning-curves.png"))
-    figs = set(manifest.get("figures", [])) | {str(Path(p).relative_to(root)) for p in written}
-    manifest["figures"] = sorted(figs)
+        written += draw_figures(root, name, cells.to_pylist(), manifest)
     finalize(root, manifest)
     for p in written:
         print(p)
@@ -123,30 +118,21 @@ def _print_info(root: Path, manifest: dict) -> None:
 
 
 def cmd_push(a) -> int:
-    from zoo import hub
+    from zoo import hub, store
 
     root = Path(a.dir)
-    if not (root / "manifest.json").exists():
-        raise ZooError(f"{root}: no manifest.json; not a zoo dataset folder")
+    local = store.open_manifest(root)
     m = hub.push(root, a.repo, private=a.private, message=a.message, revision=a.revision)
-    print(f"pushed {', '.join(sorted(store_zoos(root)))} to {a.repo}; the repo now holds "
+    print(f"pushed {', '.join(sorted(local['zoos']))} to {a.repo}; the repo now holds "
           f"{', '.join(sorted(m['zoos']))} ({len(m['files'])} files)")
     return 0
-
-
-def store_zoos(root: Path) -> list[str]:
-    from zoo import store
-
-    return list(store.read_manifest(root)["zoos"])
 
 
 def cmd_info(a) -> int:
     from zoo import store
 
     root = Path(a.dir)
-    if not (root / "manifest.json").exists():
-        raise ZooError(f"{root}: no manifest.json; not a zoo dataset folder")
-    _print_info(root, store.read_manifest(root))
+    _print_info(root, store.open_manifest(root))
     return 0
 
 

@@ -150,6 +150,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     _fsync_replace(tmp, path)
 
 
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write a parquet file under a temporary name, fsync, then rename over `path`."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    pq.write_table(table, tmp)
+    _fsync_replace(tmp, path)
+
+
 def remove_temp_files(root: Path) -> int:
     """Delete leftovers of an interrupted write (*.tmp); returns how many."""
     n = 0
@@ -215,11 +222,7 @@ def write_bundle(root: Path, zoo: str, index: int, bundle_id: str, rows: list[di
         _fsync_replace(tmp, wdir / name)
     for row in rows:
         row["shard"] = f"weights/{zoo}/{names[prefix_shard[row['tensor_prefix']]]}"
-    table = pa.Table.from_pylist(rows, schema=schema())
-    final = ddir / parquet_name(index, bundle_id)
-    tmp = final.with_name(final.name + TMP_SUFFIX)
-    pq.write_table(table, tmp)
-    _fsync_replace(tmp, final)
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema()), ddir / parquet_name(index, bundle_id))
 
 
 def model_files(root: Path, zoo: str) -> list[Path]:
@@ -257,10 +260,7 @@ def cell_files(root: Path, zoo: str) -> list[Path]:
 
 def write_cell(path: Path, row: dict) -> None:
     """Commit one cell's metrics (one-row parquet) atomically."""
-    table = pa.Table.from_pylist([row], schema=cell_schema())
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    pq.write_table(table, tmp)
-    _fsync_replace(tmp, path)
+    write_parquet_atomic(pa.Table.from_pylist([row], schema=cell_schema()), path)
 
 
 def read_cells(root: Path, zoo: str) -> pa.Table | None:
@@ -276,9 +276,7 @@ def annotate_models(root: Path, zoo: str, cells: dict[str, dict]) -> None:
         for col in CELL_METRICS:
             values = [cells.get(c, {}).get(col) for c in ids]
             t = t.set_column(t.schema.get_field_index(col), col, pa.array(values, type=COLUMNS[col][0]))
-        tmp = f.with_name(f.name + TMP_SUFFIX)
-        pq.write_table(t, tmp)
-        _fsync_replace(tmp, f)
+        write_parquet_atomic(t, f)
 
 
 # ---- manifest -------------------------------------------------------------------------------
@@ -313,6 +311,13 @@ def read_manifest(root: Path) -> dict:
     if m.get("format") != FORMAT:
         raise ZooError(f"{path}: format {m.get('format')!r} is not {FORMAT!r}")
     return m
+
+
+def open_manifest(root: Path) -> dict:
+    """The manifest of an existing dataset folder; a ZooError if `root` is not one."""
+    if not (Path(root) / "manifest.json").exists():
+        raise ZooError(f"{root}: no manifest.json; not a zoo dataset folder")
+    return read_manifest(Path(root))
 
 
 def write_manifest(root: Path, manifest: dict) -> None:

@@ -126,7 +126,6 @@ def population_forward(template: nn.Module, vectorize: str = "auto") -> tuple[Ca
     return vmap(one, in_dims=(0, 0, 0)), "vmap"
 
 
-
 @dataclass
 class MemberConfig:
     model_id: str
@@ -199,9 +198,6 @@ class Population:
     @property
     def n_steps_per_epoch(self) -> int:
         return math.ceil(self.x.shape[0] / int(self.common["batch_size"]))
-
-    def _bcast(self, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return v.view(-1, *([1] * (like.dim() - 1)))
 
     @torch.no_grad()
     def _optimizer_step(self, grads: list[torch.Tensor], mult: float) -> None:
