@@ -8,6 +8,7 @@ need no shared disk.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def build(collection: Collection, out: str | Path, phase: str = "grid", address:
     for spec in collection.zoos:
         _check_existing(manifest, spec, out)
     for spec in collection.zoos:
-        tasks.load(spec.task, spec.task_args)  # fail early on a bad task; warms the data cache
+        for args in {json.dumps(m.task_args, sort_keys=True) for m in spec.members()}:
+            tasks.load(spec.task, json.loads(args))  # fail early on a bad task; warms the data cache
     out.mkdir(parents=True, exist_ok=True)
     store.remove_temp_files(out)
     manifest["collection"] = collection.name

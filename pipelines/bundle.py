@@ -18,8 +18,8 @@ def train_bundle(spec_json: dict, member_ids: list[str], bundle_id: str) -> dict
     by_id = {m.model_id: m for m in spec.members()}
     members = [by_id[i] for i in member_ids]
     torch.set_num_threads(spec.compute.threads_per_worker)
-    task = tasks.load(spec.task, spec.task_args)
     first = members[0]
+    task = tasks.load(spec.task, first.task_args)
     configs = [
         MemberConfig(m.model_id, m.seed, m.training["lr"], m.training["weight_decay"], m.training["label_noise"])
         for m in members
@@ -44,7 +44,7 @@ def _row(spec: ZooSpec, m: Member, r, epoch: int, ck: dict, n_params: int, bundl
         "model_id": m.model_id,
         "zoo": spec.name,
         "task": spec.task,
-        "task_args": json.dumps(spec.task_args, sort_keys=True),
+        "task_args": json.dumps(m.task_args, sort_keys=True),
         "family": m.arch["family"],
         "arch": json.dumps(m.arch, sort_keys=True),
         "init": spec.model.init,

@@ -40,8 +40,8 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
     torch.set_num_threads(spec.compute.threads_per_worker)
     by_id = {m.model_id: m for m in spec.members()}
     members = [by_id[i] for i in member_ids]
-    task = tasks.load(spec.task, spec.task_args)
     first = members[0]
+    task = tasks.load(spec.task, first.task_args)
     configs = [MemberConfig(m.model_id, m.seed, m.training["lr"], m.training["weight_decay"],
                             m.training["label_noise"]) for m in members]
     pop = Population.from_states(task, first.arch, first.training, configs, states)
@@ -72,7 +72,8 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
         buffers = {k: v[a] for k, v in pop.buffers.items()}
         c = ms.connectivity
         res = connectivity(pop._fwd, buffers, theta0, theta1, x, y, epochs=c.epochs, batch_size=c.batch_size,
-                           lr=c.lr, points=c.points, seed=derived_seed("curve", cell_id) % 2**31)
+                           lr=c.lr, points=c.points, seed=derived_seed("curve", cell_id) % 2**31,
+                           objective=pop.objective, template=pop.template)
         out.update(mc_loss=float(res["mc_loss"].mean()), mc_error=float(res["mc_error"].mean()), n_pairs=len(pr),
                    curve_t=res["t"].double().tolist(), curve_loss=res["curve_loss"].mean(0).tolist(),
                    curve_error=res["curve_error"].mean(0).tolist())

@@ -6,6 +6,8 @@ are (re)applied from the spec's thresholds at the end, then copied onto every mo
 """
 from __future__ import annotations
 
+import math
+
 import os
 from pathlib import Path
 
@@ -88,8 +90,9 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
             "zoo": spec.name, "cell": cell.id, "temperature_param": cell.temperature_param,
             "temperature": float(cell.temperature), "load_param": cell.load_param, "load": float(cell.load),
             "metrics_epoch": spec.metrics.epoch, "n_models": len(ok), "n_diverged": int(len(sel) - len(ok)),
-            "train_loss": finite_mean(ok["train_loss"]), "train_error": 1 - finite_mean(ok["train_acc"]),
+            "train_loss": finite_mean(ok["train_loss"]), "train_error": _train_error(ok),
             "test_loss": finite_mean(ok["test_loss"]), "test_acc": finite_mean(ok["test_acc"]),
+            "test_rel_l2": finite_mean(ok["test_rel_l2"]),
         }
 
         def commit(res, path=path, summary=summary):
@@ -98,6 +101,12 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
 
         jobs.append(Job(f"{spec.name} cell {cell.id} ({len(ids)} models)", (spec_json, cell.id, ids, states), 1, commit))
     return jobs, len(cells)
+
+
+def _train_error(ok) -> float:
+    """1 − accuracy for classifiers; the relative L2 error for a PDE (which has no accuracy)."""
+    acc = finite_mean(ok["train_acc"])
+    return 1 - acc if math.isfinite(acc) else finite_mean(ok["train_rel_l2"])
 
 
 def _finish(out: Path, spec: ZooSpec, entry: dict, manifest: dict) -> None:
@@ -123,8 +132,9 @@ def draw_figures(out: Path, zoo: str, cells: list[dict], manifest: dict) -> list
 
     fig_dir = out / "figures"
     paths = plots.plot_zoo(cells, zoo, fig_dir)
-    paths.append(plots.learning_curves(store.read_rows(out, zoo).to_pandas(), zoo,
-                                       fig_dir / f"{zoo}-learning-curves.png"))
+    rows = store.read_rows(out, zoo).to_pandas()
+    metric = "test_acc" if rows["test_acc"].notna().any() else "test_rel_l2"  # a PDE zoo has no accuracy
+    paths.append(plots.learning_curves(rows, zoo, fig_dir / f"{zoo}-learning-curves.png", metric=metric))
     figs = [f for f in manifest.get("figures", []) if not Path(f).name.startswith(f"{zoo}-")]
     manifest["figures"] = sorted(figs + [str(Path(p).relative_to(out)) for p in paths])
     return paths

@@ -1,7 +1,7 @@
 """Plan the bundles of a zoo: members that can train as one population, cut to a size limit.
 
 Members share a population when everything but seed, lr, weight decay and label noise is equal
-(architecture, batch size, data fraction, optimizer, schedule, epochs). Plan order is the spec's
+(architecture, task arguments, batch size, data fraction, optimizer, schedule, epochs). Plan order is the spec's
 cell order, so bundle indices and ids are the same on every run of the same spec.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Bundle:
 
 def population_key(m: Member) -> str:
     shared = {k: v for k, v in m.training.items() if k not in PER_MEMBER}
-    return json.dumps({"arch": m.arch, "training": shared}, sort_keys=True)
+    return json.dumps({"arch": m.arch, "training": shared, "task_args": m.task_args}, sort_keys=True)
 
 
 def plan(spec: ZooSpec) -> list[Bundle]:

@@ -89,5 +89,14 @@ def test_non_linear_last_layer_raises():
     net = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
     with pytest.raises(ValueError, match="ReLU"):
         penultimate_and_logits(net, torch.randn(2, 4))
-    with pytest.raises(ValueError, match="Sequential"):
-        penultimate_and_logits(nn.Linear(4, 3), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="no"):
+        penultimate_and_logits(nn.Sequential(nn.ReLU()), torch.randn(2, 4))
+
+
+def test_penultimate_of_a_sequence_model_is_per_position():
+    net = nets.init_(nets.build("gpt", input_shape=(8,), n_classes=11, width=16, depth=1), seed=0)
+    x = torch.randint(0, 11, (5, 8), generator=torch.Generator().manual_seed(0))
+    h, logits = penultimate_and_logits(net, x)
+    assert h.shape == (40, 16) and logits.shape == (40, 11)  # every position is one prediction
+    assert torch.equal(logits, net(x).reshape(40, 11))
+    assert torch.allclose(net.head(h), logits)

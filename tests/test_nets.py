@@ -179,6 +179,6 @@ def test_knobs():
     k = knobs("mlp")
     assert {"width", "depth"} <= set(k) and "input_shape" not in k and "n_classes" not in k
     assert {"width", "depth", "kernel_size"} <= set(knobs("cnn"))
-    assert zoo.nets.names() == ["cnn", "mlp"]
+    assert zoo.nets.names() == ["cnn", "gpt", "mlp", "pinn", "resnet", "vit"]
     with pytest.raises(ZooError, match="mlp"):
         knobs("transformer")

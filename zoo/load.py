@@ -84,7 +84,8 @@ def load_model(row: Mapping[str, Any], root: str | Path | None = None) -> nn.Mod
 
 
 def evaluate(model: nn.Module, task: str | tasks.Task, split: str = "test", task_args: dict | None = None) -> dict:
-    """{f"{split}_loss", f"{split}_acc"} of `model` on the task's split (clean labels).
+    """The task's metrics of `model` on a split (clean labels): {f"{split}_loss", f"{split}_acc"}
+    for classification and language modelling, {f"{split}_loss", f"{split}_rel_l2"} for a PDE.
 
     Uses the same evaluation code as the trainer's checkpoint metrics, so on a zoo model it
     reproduces the row's values exactly.
@@ -92,5 +93,5 @@ def evaluate(model: nn.Module, task: str | tasks.Task, split: str = "test", task
     if isinstance(task, str):
         task = tasks.load(task, task_args)
     x, y = task.split(split)
-    m = evaluate_module(model, x, y)
-    return {f"{split}_loss": m["loss"], f"{split}_acc": m["acc"]}
+    m = evaluate_module(model, x, y, task.objective)
+    return {f"{split}_{k}": v for k, v in m.items()}

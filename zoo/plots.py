@@ -63,6 +63,7 @@ class MetricStyle(NamedTuple):
 
 METRICS: dict[str, MetricStyle] = {
     "test_acc": MetricStyle("test accuracy", "viridis", "higher"),
+    "test_rel_l2": MetricStyle("test relative L2 error", "viridis_r", "lower"),
     "train_loss": MetricStyle("train loss", "viridis_r", "lower"),
     "log_hessian_trace": MetricStyle("log10 Hessian trace", "magma_r", "lower"),
     "hessian_top_eig": MetricStyle("Hessian top eigenvalue", "magma_r", "lower"),
@@ -78,6 +79,8 @@ _CURVE_TITLES = {
     "train_acc": "train accuracy",
     "test_loss": "test loss",
     "test_acc": "test accuracy",
+    "train_rel_l2": "train relative L2 error",
+    "test_rel_l2": "test relative L2 error",
 }
 
 PHASES: dict[str, str] = {

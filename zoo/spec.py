@@ -86,6 +86,8 @@ class Axes(_Strict):
             ("temperature", self.temperature, TEMPERATURE_PARAMS),
             ("load", self.load, LOAD_PARAMS),
         ):
+            if axis_name == "load" and axis.param not in valid:
+                continue  # maybe a task argument (e.g. convection's beta): checked with the task in ZooSpec
             if axis.param not in valid:
                 raise ValueError(f"{axis_name}.param {axis.param!r} is not valid; expected one of {', '.join(valid)}")
             for i, v in enumerate(axis.values):
@@ -197,6 +199,17 @@ class ZooSpec(_Strict):
         for axis in (self.axes.temperature, self.axes.load):
             if axis.param == "width" and "width" not in nets.knobs(self.model.family):
                 raise ValueError(f"axes: model family {self.model.family!r} has no width knob")
+        task_axes = tasks.axis_params(self.task)
+        if self.axes.load.param not in LOAD_PARAMS and self.axes.load.param not in task_axes:
+            extra = f", or an argument of task {self.task!r}: {', '.join(task_axes)}" if task_axes else ""
+            raise ValueError(f"axes.load.param {self.axes.load.param!r} is not valid; expected one of "
+                             f"{', '.join(LOAD_PARAMS)}{extra}")
+        valid_args = tasks.arg_defaults(self.task)
+        if not self.task.startswith(tasks.HF_PREFIX):
+            unknown = sorted(set(self.task_args) - set(valid_args))
+            if unknown:
+                raise ValueError(f"task_args: unknown {unknown} for task {self.task!r}; "
+                                 f"valid: {', '.join(valid_args) or 'none'}")
         return self
 
     # ---- the plane -------------------------------------------------------------------------
@@ -215,17 +228,20 @@ class ZooSpec(_Strict):
     def member(self, cell: "Cell", seed: int) -> "Member":
         train = self.training.model_dump(mode="json")
         arch = {"family": self.model.family, **nets.knobs(self.model.family), **self.model.knobs}
+        task_args = dict(self.task_args)
         for param, value in ((cell.temperature_param, cell.temperature), (cell.load_param, cell.load)):
             if param == "width":
                 arch["width"] = int(value)
-            else:
+            elif param in TEMPERATURE_PARAMS or param in LOAD_PARAMS:
                 train[param] = value
+            else:  # a task argument on the load axis
+                task_args[param] = float(value)
         payload = {
-            "zoo": self.name, "task": self.task, "task_args": self.task_args,
+            "zoo": self.name, "task": self.task, "task_args": task_args,
             "arch": arch, "init": self.model.init, "training": train, "seed": seed,
         }
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-        return Member(model_id=digest, cell=cell, seed=seed, arch=arch, training=train)
+        return Member(model_id=digest, cell=cell, seed=seed, arch=arch, training=train, task_args=task_args)
 
     def training_json(self) -> dict:
         """The part of the spec that determines the trained models (not metrics, not prose)."""
@@ -263,6 +279,7 @@ class Member:
     seed: int
     arch: dict  # family + knobs, enough to rebuild the net
     training: dict  # Training fields with the cell's axis values applied
+    task_args: dict  # the zoo's task_args with the cell's task-argument axis value applied
 
 
 @dataclass(frozen=True)

@@ -24,21 +24,21 @@ from zoo.errors import ZooError
 
 FORMAT = "weight-zoo/1"
 TMP_SUFFIX = ".tmp"
-CURVES = ("train_loss", "train_acc", "test_loss", "test_acc")
+CURVES = ("train_loss", "train_acc", "test_loss", "test_acc", "train_rel_l2", "test_rel_l2")
 
 # column -> (arrow type, description for the dataset card)
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "model_id": (pa.string(), "stable hash of (zoo, task, architecture, training hyperparameters, seed)"),
     "zoo": (pa.string(), "zoo (dataset config) name"),
-    "task": (pa.string(), "task the model was trained on (`mnist1d`, `digits`, `hf:<repo_id>`)"),
-    "task_args": (pa.string(), "JSON of the task's arguments ({} for built-in tasks)"),
-    "family": (pa.string(), "model family (mlp, cnn)"),
+    "task": (pa.string(), "task the model was trained on (`mnist1d`, `digits`, `pydoc`, `convection`, `hf:<repo_id>`)"),
+    "task_args": (pa.string(), "JSON of the task's arguments, with the cell's value when the load axis is one (convection's beta)"),
+    "family": (pa.string(), "model family (mlp, cnn, resnet, vit, gpt, pinn)"),
     "arch": (pa.string(), "JSON of the family and its knobs: enough to rebuild the net"),
     "init": (pa.string(), "initialization scheme of epoch 0"),
     "cell": (pa.string(), "cell id `T<i>L<j>`: index i on the temperature axis, j on the load axis"),
     "temperature_param": (pa.string(), "hyperparameter on the temperature axis (batch_size or lr)"),
     "temperature": (pa.float64(), "its value for this model"),
-    "load_param": (pa.string(), "hyperparameter on the load axis (width, data_fraction or label_noise)"),
+    "load_param": (pa.string(), "hyperparameter on the load axis (width, data_fraction, label_noise, or a task argument such as beta)"),
     "load": (pa.float64(), "its value for this model"),
     "seed": (pa.int64(), "seed of the initialization and the data order"),
     "epoch": (pa.int64(), "checkpoint epoch of this row (0 = the initialization)"),
@@ -53,10 +53,16 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "depth": (pa.int64(), "depth knob of the net, null if the family has none"),
     "data_fraction": (pa.float64(), "fraction of the training split used (a fixed subset per fraction)"),
     "label_noise": (pa.float64(), "fraction of training labels replaced by a different class"),
-    "train_loss": (pa.float64(), "mean cross-entropy on the (possibly noisy) training subset at this epoch"),
-    "train_acc": (pa.float64(), "accuracy on the training subset at this epoch"),
-    "test_loss": (pa.float64(), "mean cross-entropy on the task's test split at this epoch"),
-    "test_acc": (pa.float64(), "accuracy on the task's test split at this epoch"),
+    "train_loss": (pa.float64(), "training loss on the (possibly noisy) training subset at this epoch: mean "
+                   "cross-entropy per prediction (per character for pydoc), or the PINN loss for convection"),
+    "train_acc": (pa.float64(), "accuracy on the training subset at this epoch (next-character accuracy for "
+                  "pydoc); null for convection"),
+    "test_loss": (pa.float64(), "the same loss on the task's test split at this epoch"),
+    "test_acc": (pa.float64(), "accuracy on the task's test split at this epoch; null for convection"),
+    "train_rel_l2": (pa.float64(), "convection only: relative L2 error against the analytic solution at the "
+                     "training collocation points"),
+    "test_rel_l2": (pa.float64(), "convection only: relative L2 error against the analytic solution on the "
+                    "test grid (51 t x 64 x)"),
     **{
         f"curve_{k}": (pa.list_(pa.float64()), f"learning curve: {k} after each epoch 0..epochs")
         for k in CURVES
@@ -98,9 +104,10 @@ CELL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "n_diverged": (pa.int64(), "models of the cell that diverged (excluded)"),
     "n_pairs": (pa.int64(), "seed pairs used for CKA and mode connectivity"),
     "train_loss": (pa.float64(), "mean training loss of the cell's models at the metrics epoch"),
-    "train_error": (pa.float64(), "mean training error (1 - accuracy)"),
+    "train_error": (pa.float64(), "mean training error (1 - accuracy, or the relative L2 error for convection)"),
     "test_loss": (pa.float64(), "mean test loss"),
-    "test_acc": (pa.float64(), "mean test accuracy"),
+    "test_acc": (pa.float64(), "mean test accuracy (null for convection)"),
+    "test_rel_l2": (pa.float64(), "mean test relative L2 error (convection; null otherwise)"),
     **{k: v for k, v in CELL_METRICS.items() if k != "phase"},
     "hessian_trace_stderr": (pa.float64(), "standard error of the Hutchinson trace, mean over seeds"),
     "curve_t": (pa.list_(pa.float64()), "positions t in [0, 1] where the Bezier curves were evaluated"),

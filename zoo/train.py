@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, vmap
 
 from zoo import nets
+from zoo.objectives import EVAL_CHUNK, Classification, Objective, single_forward
 from zoo.stacked import stacked_forward
 from zoo.tasks import Task
 
-EVAL_CHUNK = 1000  # samples per forward pass in evaluation; fixed so results are reproducible
+__all__ = ["EVAL_CHUNK", "MemberConfig", "MemberResult", "Population", "evaluate_module", "flat_weights"]
 
 
 # ---- evaluation of one model (the reference every recorded checkpoint metric comes from) -----
@@ -42,21 +42,19 @@ def _single_thread():
         torch.set_num_threads(old)
 
 
-@torch.no_grad()
-def evaluate_module(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of `net` on (x, y), in eval mode."""
+def evaluate_module(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    objective: Objective | None = None) -> dict[str, float]:
+    """The objective's metrics of `net` on (x, y) in eval mode: {"loss", "acc"} for
+    classification (the default), {"loss", "rel_l2"} for a PDE."""
+    objective = objective or Classification()
     was_training = net.training
     net.eval()
-    loss_sum, correct = 0.0, 0
-    with _single_thread():
-        for i in range(0, x.shape[0], EVAL_CHUNK):
-            logits = net(x[i : i + EVAL_CHUNK])  # (chunk, classes)
-            yb = y[i : i + EVAL_CHUNK]
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-    net.train(was_training)
-    n = x.shape[0]
-    return {"loss": loss_sum / n, "acc": correct / n}
+    try:
+        with _single_thread():
+            m = objective.evaluate(single_forward(net), {}, {}, x, y.unsqueeze(0))
+    finally:
+        net.train(was_training)
+    return {k: float(v[0]) for k, v in m.items()}
 
 
 # ---- data for a population ----------------------------------------------------------------
@@ -149,22 +147,27 @@ class Population:
 
     `common` holds the shared training fields (optimizer, momentum, nesterov, betas, eps,
     batch_size, epochs, schedule, data_fraction); per-member fields are in MemberConfig.
+    The task's objective supplies the loss and the recorded metrics (zoo.objectives).
+    Buffers (BatchNorm running statistics) are stacked like the parameters and updated by the
+    forward pass in training mode, member by member.
     """
 
     def __init__(self, task: Task, arch: dict, init: str, common: dict, members: list[MemberConfig],
-                 vectorize: str = "auto"):
+                 vectorize: str = "auto", states: list[dict] | None = None):
         if not members:
             raise ValueError("a population needs at least one member")
+        if states is not None and len(states) != len(members):
+            raise ValueError(f"{len(states)} states for {len(members)} members")
         self.task, self.arch, self.init, self.common, self.members = task, dict(arch), init, common, members
-        knobs = {k: v for k, v in self.arch.items() if k != "family"}
-        self.template = nets.build(self.arch["family"], self.task, **knobs)
-        states = [nets.init_(nets.build(self.arch["family"], self.task, **knobs), m.seed, init).state_dict()
-                  for m in members]
+        self.objective = task.objective
+        self.template = self._build()
+        if states is None:
+            states = [nets.init_(self._build(), m.seed, init).state_dict() for m in members]
         self.param_names = [n for n, _ in self.template.named_parameters()]
         self.buffer_names = [n for n, _ in self.template.named_buffers()]
-        # stacked leaves: name -> (members, *shape)
-        self.params = {n: torch.stack([s[n] for s in states]).requires_grad_(True) for n in self.param_names}
-        self.buffers = {n: torch.stack([s[n] for s in states]) for n in self.buffer_names}
+        # stacked leaves: name -> (members, *shape); copies (Ray hands out read-only arrays)
+        self.params = {n: _stack([s[n] for s in states]).requires_grad_(True) for n in self.param_names}
+        self.buffers = {n: _stack([s[n] for s in states]) for n in self.buffer_names}
         M = len(members)
         self.lr = torch.tensor([m.lr for m in members], dtype=torch.float32)  # (M,)
         self.wd = torch.tensor([m.weight_decay for m in members], dtype=torch.float32)  # (M,)
@@ -175,25 +178,30 @@ class Population:
         # data: one shared subset, per-member (possibly noisy) labels
         self.subset = train_subset(task.n_train, float(common.get("data_fraction", 1.0)))
         self.x = task.x_train[self.subset]  # (n, *input_shape)
-        y = task.y_train[self.subset]
-        self.y = torch.stack([noisy_labels(y, m.label_noise, task.n_classes) for m in members])  # (M, n)
+        y = task.y_train[self.subset]  # (n, ...)
+        if any(m.label_noise for m in members) and not (self.objective.label_noise and y.dim() == 1):
+            raise ValueError(f"label_noise needs a classification task with one label per sample; "
+                             f"task {task.name!r} has targets of shape {tuple(y.shape[1:]) or 'scalar'}")
+        self.y = torch.stack([noisy_labels(y, m.label_noise, task.n_classes) for m in members])  # (M, n, ...)
         self.order_gens = [torch.Generator().manual_seed(derived_seed("order", m.seed)) for m in members]
         self._fwd, self.vectorized_by = population_forward(self.template, vectorize)
         self._opt_state: dict[str, dict[str, torch.Tensor]] = {}
         self.step_count = 0
 
+    def _build(self) -> nn.Module:
+        knobs = {k: v for k, v in self.arch.items() if k != "family"}
+        return nets.build(self.arch["family"], self.task, **knobs)
+
     @classmethod
     def from_states(cls, task: Task, arch: dict, common: dict, members: list[MemberConfig],
-                    states: list[dict[str, np.ndarray]], vectorize: str = "auto") -> "Population":
+                    states: list[dict[str, np.ndarray]], vectorize: str = "auto") -> Population:
         """A population holding given (trained) weights, e.g. zoo checkpoints for the landscape metrics."""
-        pop = cls(task, arch, "kaiming_uniform", common, members, vectorize=vectorize)
-        if len(states) != len(members):
-            raise ValueError(f"{len(states)} states for {len(members)} members")
-        for n in pop.param_names:
-            pop.params[n] = torch.stack([torch.tensor(np.asarray(s[n])) for s in states]).requires_grad_(True)
-        for n in pop.buffer_names:
-            pop.buffers[n] = torch.stack([torch.tensor(np.asarray(s[n])) for s in states])  # copies: Ray arrays are read-only
-        return pop
+        return cls(task, arch, "kaiming_uniform", common, members, vectorize=vectorize, states=states)
+
+    def forward(self, params: dict, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """The stacked forward in train or eval mode (BatchNorm: batch statistics or running ones)."""
+        self.template.train(train)
+        return self._fwd(params, self.buffers, x)
 
     @property
     def n_steps_per_epoch(self) -> int:
@@ -248,24 +256,20 @@ class Population:
 
     @torch.no_grad()
     def _evaluate_all(self) -> dict[str, torch.Tensor]:
-        """Vectorized per-epoch evaluation: (M,) tensors of loss and accuracy on train and test."""
+        """Vectorized per-epoch evaluation: (M,) tensors of every metric on train and test."""
         self.template.eval()
+        M = len(self.members)
         out = {}
-        for split, x, y in (("train", self.x, self.y), ("test", self.task.x_test, None)):
-            M = len(self.members)
-            loss = torch.zeros(M, dtype=torch.float64)
-            correct = torch.zeros(M, dtype=torch.float64)
-            for i in range(0, x.shape[0], EVAL_CHUNK):
-                xb = x[i : i + EVAL_CHUNK].expand(M, *x[i : i + EVAL_CHUNK].shape)  # (M, chunk, ...)
-                yb = y[:, i : i + EVAL_CHUNK] if y is not None else self.task.y_test[i : i + EVAL_CHUNK].expand(M, -1)
-                logits = self._fwd(self.params, self.buffers, xb)  # (M, chunk, classes)
-                ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(M, -1)
-                loss += ce.double().sum(1)
-                correct += (logits.argmax(-1) == yb).double().sum(1)
-            out[f"{split}_loss"] = loss / x.shape[0]
-            out[f"{split}_acc"] = correct / x.shape[0]
+        for split, x, y in (("train", self.x, self.y),
+                            ("test", self.task.x_test, self.task.y_test.expand(M, *self.task.y_test.shape))):
+            for k, v in self.objective.evaluate(self._fwd, self.params, self.buffers, x, y).items():
+                out[f"{split}_{k}"] = v
         self.template.train()
         return out
+
+    @property
+    def metric_keys(self) -> list[str]:
+        return [f"{split}_{k}" for split in ("train", "test") for k in self.objective.metric_names]
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
         """Member i's state_dict (parameters and buffers), detached copies."""
@@ -274,17 +278,16 @@ class Population:
         return {k: sd[k] for k in self.template.state_dict()}
 
     def member_module(self, i: int) -> nn.Module:
-        knobs = {k: v for k, v in self.arch.items() if k != "family"}
-        net = nets.build(self.arch["family"], self.task, **knobs)
+        net = self._build()
         net.load_state_dict(self.member_state(i))
         return net
 
     def _checkpoint(self, i: int) -> dict:
         net = self.member_module(i)
-        tr = evaluate_module(net, self.x, self.y[i])
-        te = evaluate_module(net, self.task.x_test, self.task.y_test)
+        tr = evaluate_module(net, self.x, self.y[i], self.objective)
+        te = evaluate_module(net, self.task.x_test, self.task.y_test, self.objective)
         state = {k: v.numpy() for k, v in net.state_dict().items()}
-        metrics = {"train_loss": tr["loss"], "train_acc": tr["acc"], "test_loss": te["loss"], "test_acc": te["acc"]}
+        metrics = {**{f"train_{k}": v for k, v in tr.items()}, **{f"test_{k}": v for k, v in te.items()}}
         return {"metrics": metrics, "state": state}
 
     def train_epoch(self, epoch: int) -> None:
@@ -292,12 +295,13 @@ class Population:
         total = self.n_steps_per_epoch * int(self.common["epochs"])
         perms = torch.stack([torch.randperm(n, generator=g) for g in self.order_gens])  # (M, n)
         leaves = list(self.params.values())
+        rows = torch.arange(M).unsqueeze(1)  # (M, 1)
+        self.template.train()
         for s in range(0, n, B):
             idx = perms[:, s : s + B]  # (M, b)
             xb = self.x[idx]  # (M, b, *input_shape)
-            yb = self.y.gather(1, idx)  # (M, b)
-            logits = self._fwd(self.params, self.buffers, xb)  # (M, b, classes)
-            losses = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(M, -1).mean(1)
+            yb = self.y[rows, idx]  # (M, b, ...)
+            losses = self.objective.losses(self._fwd, self.params, self.buffers, xb, yb)  # (M,)
             finite = torch.isfinite(losses)
             if not bool(finite.all()):  # one host sync per step; rare branch
                 newly = self.alive & ~finite
@@ -319,7 +323,7 @@ class Population:
         """Train for `epochs`; evaluate every epoch; snapshot state and exact metrics at checkpoints."""
         epochs = int(self.common["epochs"])
         M = len(self.members)
-        curves = {k: [[] for _ in range(M)] for k in ("train_loss", "train_acc", "test_loss", "test_acc")}
+        curves = {k: [[] for _ in range(M)] for k in self.metric_keys}
         ckpts: list[dict[int, dict]] = [{} for _ in range(M)]
         for epoch in range(epochs + 1):
             if epoch > 0:
@@ -349,6 +353,11 @@ class Population:
             )
             for i, m in enumerate(self.members)
         ]
+
+
+def _stack(values: list) -> torch.Tensor:
+    return torch.stack([torch.tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v.detach().clone()
+                        for v in values])
 
 
 def train_members(task: Task, arch: dict, init: str, common: dict, members: list[MemberConfig],

@@ -47,22 +47,36 @@ def mean_pairwise_cka(features: list[Tensor]) -> float:
     return sum(values) / len(values)
 
 
+def _head(net: nn.Module) -> nn.Module:
+    """The output layer: the submodule named `head` (every zoo family has one), else the last Linear."""
+    named = dict(net.named_modules())
+    if isinstance(named.get("head"), nn.Linear):
+        return named["head"]
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"penultimate_and_logits needs a net with an nn.Linear output layer; {type(net).__name__} has none")
+    return linears[-1]
+
+
 @torch.no_grad()
 def penultimate_and_logits(net: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Run a Sequential net on x: (the input of its last Linear layer, flattened (n, features),
-    logits (n, classes)). Eval mode during the call; the net's mode is restored after.
+    """Run `net` on x in eval mode: (the input of its output layer, its output), each flattened
+    to (predictions, features): (n, d) and (n, classes) for a classifier, (n·T, d) and (n·T, V)
+    for a sequence model (every position is one prediction). The net's mode is restored after.
     """
-    if not isinstance(net, nn.Sequential) or len(net) == 0:
-        raise ValueError(f"penultimate_and_logits needs a non-empty nn.Sequential, got {type(net).__name__}")
-    name, last = list(net.named_children())[-1]
-    if not isinstance(last, nn.Linear):
-        raise ValueError(f"penultimate_and_logits needs a net whose last layer is nn.Linear; "
-                         f"its last child {name!r} is {type(last).__name__}")
+    head = _head(net)
+    seen: list[tuple[Tensor, Tensor]] = []
+    hook = head.register_forward_hook(lambda _m, args, out: seen.append((args[0], out)))
     was_training = net.training
     net.eval()
     try:
-        h = net[:-1](x)  # (n, ..., in_features)
-        logits = last(h)  # (n, classes)
+        out = net(x)
     finally:
+        hook.remove()
         net.train(was_training)
-    return h.flatten(1), logits
+    h, head_out = seen[-1]
+    if out is not head_out:
+        last = type(list(net.modules())[-1]).__name__
+        raise ValueError(f"penultimate_and_logits needs a net whose output is its Linear output layer; "
+                         f"{type(net).__name__} transforms it further (its last module is {last})")
+    return h.reshape(-1, h.shape[-1]), out.reshape(-1, out.shape[-1])

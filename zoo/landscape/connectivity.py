@@ -9,7 +9,12 @@ t ~ U(0, 1). On evenly spaced t the curve's training loss or error v(t) gives
 (Yang et al. 2021): mc < 0 means a barrier between the two models (poorly connected), mc ≈ 0
 a flat valley, mc > 0 a curve that beats its own (under-trained) endpoints. Pairs are stacked on
 a leading dim and trained with one batched forward, like a Population; the control points are
-trained with Adam under a cosine-decayed learning rate.
+trained with Adam under a cosine-decayed learning rate. Loss and error are the task's objective
+(zoo.objectives): cross-entropy and 1 − accuracy, or a PINN's loss and relative L2 error.
+
+BatchNorm: a point on the curve has no running statistics of its own, so (as in Garipov et al.)
+they are re-estimated at every evaluated t: reset, then one pass over the training data in
+training mode with a cumulative average, before the point is evaluated in eval mode.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
+
+from zoo.objectives import Classification, Objective, per_member
 
 Params = dict[str, torch.Tensor]  # name -> (P, *shape), P = number of pairs
 
@@ -31,15 +38,65 @@ def bezier(theta0: Params, thetac: Params, theta1: Params, t: torch.Tensor) -> P
     return out
 
 
-def _member_labels(y: torch.Tensor, P: int) -> torch.Tensor:
-    return y if y.dim() == 2 else y.expand(P, -1)  # (P, N)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _set_mode(template: nn.Module | None, train: bool) -> None:
+    if template is not None:
+        template.train(train)
+
+
+@torch.no_grad()
+def reestimate_bn(fwd: Callable, template: nn.Module, theta: Params, buffers: Params, x: torch.Tensor,
+                  chunk: int = 1000) -> Params:
+    """Fresh BatchNorm statistics for the stacked parameters `theta` from one pass over x.
+
+    Returns new buffers (the given ones are not modified): running mean/var as the cumulative
+    average over the chunks (momentum None), as torch's BN computes them, and the batch count.
+    """
+    bns = [m for m in template.modules() if isinstance(m, _BN)]
+    fresh = {}
+    for k, v in buffers.items():
+        if k.endswith("running_mean") or k.endswith("num_batches_tracked"):
+            fresh[k] = torch.zeros_like(v)
+        elif k.endswith("running_var"):
+            fresh[k] = torch.ones_like(v)
+        else:
+            fresh[k] = v.clone()
+    saved = [m.momentum for m in bns]
+    was_training = template.training
+    try:
+        for m in bns:
+            m.momentum = None  # cumulative moving average
+        template.train()
+        P = next(iter(theta.values())).shape[0]
+        for s in range(0, x.shape[0], chunk):
+            fwd(theta, fresh, x[s : s + chunk].expand(P, *x[s : s + chunk].shape))  # updates `fresh` in place
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        template.train(was_training)
+    return fresh
+
+
+def _has_bn(template: nn.Module | None) -> bool:
+    return template is not None and any(isinstance(m, _BN) for m in template.modules())
 
 
 def fit_curves(fwd: Callable, buffers: Params, theta0: Params, theta1: Params, x: torch.Tensor, y: torch.Tensor,
-               epochs: int, batch_size: int, lr: float, seed: int = 0) -> Params:
-    """Train the control points of P curves; x: (N, *input) shared, y: (N,) or (P, N)."""
+               epochs: int, batch_size: int, lr: float, seed: int = 0, objective: Objective | None = None,
+               template: nn.Module | None = None) -> Params:
+    """Train the control points of P curves; x: (N, *input) shared, y: (N, ...) or (P, N, ...).
+
+    `template`: the module `fwd` runs (its mode is set: training mode here, so BatchNorm uses
+    batch statistics on the curve, as in Garipov et al.).
+    """
+    objective = objective or Classification()
     P, N = next(iter(theta0.values())).shape[0], x.shape[0]
-    y = _member_labels(y, P)
+    y = per_member(y, P, N)
+    if _has_bn(template):
+        buffers = {k: v.clone() for k, v in buffers.items()}  # the running updates must not leak out
+    _set_mode(template, True)
     thetac = {k: ((theta0[k] + theta1[k]) / 2).detach().clone().requires_grad_(True) for k in theta0}
     opt = torch.optim.Adam(list(thetac.values()), lr=lr)  # one Adam over stacked tensors = P Adams
     steps = epochs * -(-N // batch_size)
@@ -50,8 +107,8 @@ def fit_curves(fwd: Callable, buffers: Params, theta0: Params, theta1: Params, x
         for s in range(0, N, batch_size):
             idx = perm[s : s + batch_size]
             t = torch.rand(P, generator=g)  # (P,)
-            logits = fwd(bezier(theta0, thetac, theta1, t), buffers, x[idx].expand(P, *x[idx].shape))
-            loss = F.cross_entropy(logits.flatten(0, 1), y[:, idx].flatten(), reduction="none").view(P, -1).mean(1)
+            loss = objective.losses(fwd, bezier(theta0, thetac, theta1, t), buffers,
+                                    x[idx].expand(P, *x[idx].shape), y[:, idx])  # (P,)
             opt.zero_grad()
             loss.sum().backward()
             opt.step()
@@ -59,23 +116,22 @@ def fit_curves(fwd: Callable, buffers: Params, theta0: Params, theta1: Params, x
     return {k: v.detach() for k, v in thetac.items()}
 
 
-@torch.no_grad()
 def evaluate_curves(fwd: Callable, buffers: Params, theta0: Params, thetac: Params, theta1: Params,
-                    x: torch.Tensor, y: torch.Tensor, points: int, chunk: int = 1000) -> dict[str, torch.Tensor]:
+                    x: torch.Tensor, y: torch.Tensor, points: int, objective: Objective | None = None,
+                    template: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Training loss and error at `points` evenly spaced t in [0, 1]: {"t": (T,), "loss": (P, T), "error": (P, T)}."""
+    objective = objective or Classification()
     P, N = next(iter(theta0.values())).shape[0], x.shape[0]
-    y = _member_labels(y, P)
+    y = per_member(y, P, N)
     ts = torch.linspace(0, 1, points)
     loss, err = torch.zeros(P, points, dtype=torch.float64), torch.zeros(P, points, dtype=torch.float64)
     for j, t in enumerate(ts):
         theta = bezier(theta0, thetac, theta1, t.expand(P))
-        for s in range(0, N, chunk):
-            xb, yb = x[s : s + chunk], y[:, s : s + chunk]
-            logits = fwd(theta, buffers, xb.expand(P, *xb.shape))  # (P, b, classes)
-            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(P, -1)
-            loss[:, j] += ce.double().sum(1)
-            err[:, j] += (logits.argmax(-1) != yb).double().sum(1)
-    return {"t": ts, "loss": loss / N, "error": err / N}
+        bufs = reestimate_bn(fwd, template, theta, buffers, x) if _has_bn(template) else buffers
+        _set_mode(template, False)
+        m = objective.evaluate(fwd, theta, bufs, x, y)
+        loss[:, j], err[:, j] = m["loss"], objective.error(m)
+    return {"t": ts, "loss": loss, "error": err}
 
 
 def mode_connectivity(v: torch.Tensor) -> torch.Tensor:
@@ -94,10 +150,11 @@ def mode_connectivity(v: torch.Tensor) -> torch.Tensor:
 
 
 def connectivity(fwd: Callable, buffers: Params, theta0: Params, theta1: Params, x: torch.Tensor,
-                 y: torch.Tensor, epochs: int, batch_size: int, lr: float, points: int, seed: int = 0) -> dict:
+                 y: torch.Tensor, epochs: int, batch_size: int, lr: float, points: int, seed: int = 0,
+                 objective: Objective | None = None, template: nn.Module | None = None) -> dict:
     """Fit the curves and measure them: mc on loss and error per pair, plus the curves themselves."""
-    thetac = fit_curves(fwd, buffers, theta0, theta1, x, y, epochs, batch_size, lr, seed)
-    ev = evaluate_curves(fwd, buffers, theta0, thetac, theta1, x, y, points)
+    thetac = fit_curves(fwd, buffers, theta0, theta1, x, y, epochs, batch_size, lr, seed, objective, template)
+    ev = evaluate_curves(fwd, buffers, theta0, thetac, theta1, x, y, points, objective, template)
     return {
         "t": ev["t"], "curve_loss": ev["loss"], "curve_error": ev["error"],
         "mc_loss": mode_connectivity(ev["loss"]), "mc_error": mode_connectivity(ev["error"]),

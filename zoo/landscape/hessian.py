@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.objectives import per_member
 from zoo.train import derived_seed
 
 Params = dict[str, Tensor]  # name -> (M, *shape)
@@ -191,22 +191,19 @@ def hutchinson_trace(loss_fn: LossFn, params: Params, max_iter: int = 100, tol: 
 
 
 def population_loss_fn(pop, x: Tensor, y: Tensor) -> LossFn:
-    """loss_fn(params) -> (M,): each member's mean cross-entropy on the shared inputs x.
+    """loss_fn(params) -> (M,): each member's training loss (the task's objective) on shared inputs x.
 
-    x: (N, *input_shape), the same for all members; y: (N,) shared or (M, N) per member.
-    The model runs in eval mode (no dropout/BN in the current nets; set anyway).
+    x: (N, *input_shape), the same for all members; y: shared (N, ...) or per member (M, N, ...).
+    The model runs in eval mode (BatchNorm uses its running statistics, so the loss is a function
+    of the parameters alone, as in PyHessian).
     """
-    M = len(pop.members)
+    M, N = len(pop.members), x.shape[0]
     pop.template.eval()
     xe = x.expand(M, *x.shape)  # (M, N, *input_shape)
-    ye = y.expand(M, -1) if y.dim() == 1 else y  # (M, N)
-    if ye.shape != (M, x.shape[0]):
-        raise ValueError(f"y must be ({x.shape[0]},) or ({M}, {x.shape[0]}), got {tuple(y.shape)}")
+    ye = per_member(y, M, N)  # (M, N, ...)
 
     def loss_fn(params: Params) -> Tensor:
-        logits = pop._fwd(params, pop.buffers, xe)  # (M, N, classes)
-        ce = F.cross_entropy(logits.flatten(0, 1), ye.flatten(), reduction="none")  # (M*N,)
-        return ce.view(M, -1).mean(1)  # (M,)
+        return pop.objective.losses(pop._fwd, params, pop.buffers, xe, ye)  # (M,)
 
     return loss_fn
 

@@ -1,4 +1,5 @@
-"""Architecture registry: `mlp` and `cnn`, each with a `width` knob (the load axis) and `depth`.
+"""Architecture registry: mlp, cnn, resnet, vit, gpt, pinn; each with a `width` knob (the load
+axis: units, channels or model dim) and `depth`.
 
     net = zoo.nets.build("mlp", task="mnist1d", width=48, depth=3)
     zoo.nets.init_(net, seed=0)                  # Kaiming-uniform, seeded per member
@@ -12,12 +13,16 @@ import torch.nn as nn
 
 from zoo.errors import ZooError
 from zoo.nets.cnn import cnn
+from zoo.nets.gpt import gpt
 from zoo.nets.mlp import mlp
+from zoo.nets.pinn import pinn
+from zoo.nets.resnet import resnet
+from zoo.nets.vit import vit
 from zoo.registry import Registry
 
 NETS: Registry = Registry("model family")
-NETS.register("mlp")(mlp)
-NETS.register("cnn")(cnn)
+for _name, _builder in (("mlp", mlp), ("cnn", cnn), ("resnet", resnet), ("vit", vit), ("gpt", gpt), ("pinn", pinn)):
+    NETS.register(_name)(_builder)
 
 INITS = ("kaiming_uniform", "torch_default")
 
@@ -51,27 +56,38 @@ def build(family: str, task=None, *, input_shape=None, n_classes=None, **kw) -> 
 
 @torch.no_grad()
 def init_(net: nn.Module, seed: int, scheme: str = "kaiming_uniform") -> nn.Module:
-    """Initialize in place from `seed` alone, so a member's init is the same in any population.
+    """Initialize every parameter in place from `seed` alone, so a member's init is the same in
+    any population and any process.
 
-    kaiming_uniform: weights ~ U(-b, b), b = sqrt(6 / fan_in) (ReLU gain), biases 0.
-    torch_default: PyTorch's reset_parameters(), drawn from the same seeded generator.
+    Linear / Conv, by `scheme`: kaiming_uniform: weights ~ U(-b, b), b = sqrt(6 / fan_in) (ReLU
+    gain), biases 0; torch_default: PyTorch's reset_parameters(), drawn from the seeded generator.
+    Embeddings and free parameters (position embeddings): N(0, 0.02²) (GPT-2).
+    BatchNorm / LayerNorm: weight 1, bias 0, running statistics reset.
     """
+    if scheme not in INITS:
+        raise ZooError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
     g = torch.Generator().manual_seed(int(seed))
     for m in net.modules():
-        if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            continue
-        if scheme == "kaiming_uniform":
-            nn.init.kaiming_uniform_(m.weight, nonlinearity="relu", generator=g)
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            if scheme == "kaiming_uniform":
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu", generator=g)
+                if m.bias is not None:
+                    m.bias.zero_()
+            else:
+                nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=g)
+                if m.bias is not None:
+                    bound = 1 / m.weight[0].numel() ** 0.5
+                    nn.init.uniform_(m.bias, -bound, bound, generator=g)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.reset_running_stats()
+            if m.weight is not None:
+                m.weight.fill_(1.0)
             if m.bias is not None:
                 m.bias.zero_()
-        elif scheme == "torch_default":
-            nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=g)
-            if m.bias is not None:
-                fan_in = m.weight[0].numel()
-                bound = 1 / fan_in**0.5
-                nn.init.uniform_(m.bias, -bound, bound, generator=g)
-        else:
-            raise ZooError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
+        else:  # embeddings and parameters held directly by a module (e.g. pos_embed)
+            for p in m.parameters(recurse=False):
+                nn.init.normal_(p, std=0.02, generator=g)
     return net
 
 

@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from zoo.objectives import Classification, Objective
+
 
 @dataclass(frozen=True)
 class Task:
-    """A classification task held fully in memory (these zoos use small data sets).
+    """A task held fully in memory (these zoos use small data sets), with its objective.
 
-    x_*: (N, *input_shape) float32, channels first; y_*: (N,) int64 in [0, n_classes).
+    Classification: x_*: (N, *input_shape) float32, channels first; y_*: (N,) int64 in
+    [0, n_classes). Sequences (`pydoc`): x_*: (N, T) int64 tokens, y_*: (N, T) next tokens,
+    n_classes = vocabulary size. PDE (`convection`): x_*: (N, 2) points (t, x), y_*: (N, 1) the
+    analytic solution there, n_classes = 1 (the output dimension). `args`: the task's arguments.
     """
 
     name: str
@@ -21,6 +26,8 @@ class Task:
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
+    objective: Objective = field(default_factory=Classification)
+    args: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
