@@ -14,6 +14,7 @@ from zoo.spec import default_config_path, load_config, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = REPO / "configs" / "phases.yaml"
+DEFAULT = REPO / "configs" / "default.yaml"
 MLP_MNIST1D = REPO / "configs" / "zoos" / "mlp_mnist1d.yaml"
 
 
@@ -41,15 +42,41 @@ def _load_error(path: Path) -> str:
 
 # ---- the shipped configs ---------------------------------------------------------------------
 def test_default_collection_loads():
-    assert default_config_path().resolve() == PHASES.resolve()
+    assert default_config_path().resolve() == DEFAULT.resolve()
     col = load_config(default_config_path())
     assert col.name == "phases"
-    assert "mlp_mnist1d" in [z.name for z in col.zoos]
+    assert [z.name for z in col.zoos] == ["mlp_mnist1d"]
     for spec in col.zoos:
         t, l = spec.axes.temperature, spec.axes.load
         assert len(t.values) >= 5 and len(l.values) >= 5 and len(spec.seeds) >= 3
         assert len(spec.cells()) == len(t.values) * len(l.values)
         assert len(spec.members()) == len(spec.cells()) * len(spec.seeds)
+
+
+def test_phases_collection_has_every_family():
+    col = load_config(PHASES)
+    assert col.name == "phases"
+    assert {z.model.family for z in col.zoos} == {"mlp", "resnet", "vit", "gpt", "pinn"}
+    by_name = {z.name: z for z in col.zoos}
+    assert by_name["pinn_convection"].axes.load.param == "beta"
+    assert by_name["pinn_convection"].axes.temperature.param == "lr"
+    for spec in col.zoos:
+        t, l = spec.axes.temperature, spec.axes.load
+        assert len(t.values) >= 4 and len(l.values) >= 4 and len(spec.seeds) >= 3
+        if l.param == "beta":  # the load is a task argument: every cell's models carry it
+            for m in spec.members():
+                assert m.task_args["beta"] == m.cell.load
+
+
+def test_task_argument_axis_errors(tmp_path):
+    spec = yaml.safe_load((REPO / "configs" / "zoos" / "pinn_convection.yaml").read_text())
+    spec["axes"]["load"]["param"] = "gamma"
+    msg = _load_error(_write(tmp_path / "p.yaml", spec))
+    assert "gamma" in msg and "beta" in msg and "width" in msg
+    spec = _base()
+    spec["task_args"] = {"beta": 2.0}
+    msg = _load_error(_write(tmp_path / "m.yaml", spec))
+    assert "task_args" in msg and "mnist1d" in msg
 
 
 def test_default_zoo_spec_plane():

@@ -2,7 +2,8 @@
 
     import zoo
     model = zoo.load_model(row)            # a dataset row -> nn.Module with its weights
-    zoo.evaluate(model, "mnist1d")         # {"test_loss": ..., "test_acc": ...}
+    zoo.evaluate(model, row)               # {"test_loss": ..., "test_acc": ...} on the row's task
+    zoo.evaluate(model, "mnist1d")         # or a task by name (task_args=... for e.g. convection)
     ds = zoo.open("zoo/phases", "mlp_mnist1d")   # Hub repo or local folder, weights as tensors
 """
 from zoo.errors import ZooError

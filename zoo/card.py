@@ -82,7 +82,7 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         f'ds = load_dataset("{where}", "{first}", split="train").with_format("torch")',
         'X, acc = ds["weights"][:], ds["test_acc"][:]  # (rows, n_weights) and (rows,) for one architecture',
         "model = zoo.load_model(ds[0])               # the net with those weights, ready to run",
-        'zoo.evaluate(model, ds[0]["task"])          # reproduces test_loss / test_acc of the row',
+        'zoo.evaluate(model, ds[0])                  # reproduces the row\'s test metrics (its task and task_args)',
         "```",
         "",
         "Canonical weights are in `weights/<zoo>/shard-*.safetensors`, tensors named "

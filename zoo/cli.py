@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train the zoos of a spec or collection into a dataset folder")
     b.add_argument("--phase", default="grid", help="how the plane is sampled: grid = every cell x every seed")
-    b.add_argument("--config", help="zoo spec or collection YAML (default: the built-in configs/phases.yaml)")
+    b.add_argument("--config", help="zoo spec or collection YAML (default: the built-in configs/default.yaml, the MLP zoo; configs/phases.yaml has every family)")
     b.add_argument("--out", default=DEFAULT_OUT, help=f"dataset folder (default: {DEFAULT_OUT})")
     b.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
     b.add_argument("--workers", type=int, help="concurrent bundles (default: the number of CPU cores)")

@@ -83,13 +83,18 @@ def load_model(row: Mapping[str, Any], root: str | Path | None = None) -> nn.Mod
     return net.eval()
 
 
-def evaluate(model: nn.Module, task: str | tasks.Task, split: str = "test", task_args: dict | None = None) -> dict:
+def evaluate(model: nn.Module, task: str | tasks.Task | Mapping[str, Any], split: str = "test",
+             task_args: dict | None = None) -> dict:
     """The task's metrics of `model` on a split (clean labels): {f"{split}_loss", f"{split}_acc"}
     for classification and language modelling, {f"{split}_loss", f"{split}_rel_l2"} for a PDE.
 
-    Uses the same evaluation code as the trainer's checkpoint metrics, so on a zoo model it
-    reproduces the row's values exactly.
+    `task`: a name (with `task_args`), a Task, or a dataset row (its `task` and `task_args`, e.g.
+    convection's beta). Uses the same evaluation code as the trainer's checkpoint metrics, so on
+    a zoo model it reproduces the row's values exactly.
     """
+    if isinstance(task, Mapping):
+        task_args = json.loads(task.get("task_args") or "{}") if task_args is None else task_args
+        task = _get(task, "task")
     if isinstance(task, str):
         task = tasks.load(task, task_args)
     x, y = task.split(split)

@@ -367,10 +367,11 @@ def load_config(path: str | Path) -> Collection:
 
 
 def default_config_path() -> Path:
-    """The built-in default collection (configs/phases.yaml, shipped inside the package)."""
-    source = Path(__file__).resolve().parent.parent / "configs" / "phases.yaml"
+    """The built-in default collection (configs/default.yaml: the MLP zoo of zoo/phases, minutes on
+    a laptop), shipped inside the package; configs/phases.yaml lists every family."""
+    source = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
     if source.exists():  # a source checkout or an editable install
         return source
     from importlib.resources import files
 
-    return Path(str(files("zoo._configs") / "phases.yaml"))  # a wheel install ships a copy
+    return Path(str(files("zoo._configs") / "default.yaml"))  # a wheel install ships a copy

@@ -1,4 +1,4 @@
-"""Hand-batched forward passes for populations of Sequential nets (Linear, Conv, ReLU, pooling).
+"""Hand-batched forward passes for populations of Sequential nets (Linear, Conv, ReLU, Tanh, pooling).
 
 `torch.func.vmap` over `functional_call` works for any module but pays a per-call dispatch cost
 that dominates small nets. For the common case, a Sequential of plain layers, this module runs
@@ -23,7 +23,7 @@ def _supported(net: nn.Module) -> bool:
     if not isinstance(net, nn.Sequential) or any(True for _ in net.buffers()):
         return False
     for m in net:
-        if isinstance(m, nn.Linear | nn.ReLU | nn.Flatten):
+        if isinstance(m, nn.Linear | nn.ReLU | nn.Tanh | nn.Flatten):
             if isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) != (1, -1):
                 return False
             continue
@@ -59,6 +59,8 @@ def stacked_forward(net: nn.Module) -> Callable | None:
                     x = torch.bmm(x, w.transpose(1, 2))
             elif isinstance(m, nn.ReLU):
                 x = torch.relu_(x) if fresh else torch.relu(x)  # in place: one tensor fewer per step
+            elif isinstance(m, nn.Tanh):
+                x = torch.tanh(x)  # not in place: its backward needs the output, and a PINN differentiates twice
             elif isinstance(m, nn.Flatten):
                 if grouped:
                     x, grouped = _ungroup(x, M), False

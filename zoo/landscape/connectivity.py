@@ -51,8 +51,8 @@ def reestimate_bn(fwd: Callable, template: nn.Module, theta: Params, buffers: Pa
                   chunk: int = 1000) -> Params:
     """Fresh BatchNorm statistics for the stacked parameters `theta` from one pass over x.
 
-    Returns new buffers (the given ones are not modified): running mean/var as the cumulative
-    average over the chunks (momentum None), as torch's BN computes them, and the batch count.
+    Returns new buffers (the given ones are not modified): running mean/var as the average over
+    the chunks (what torch's momentum=None computes), and the batch count.
     """
     bns = [m for m in template.modules() if isinstance(m, _BN)]
     fresh = {}
@@ -66,11 +66,11 @@ def reestimate_bn(fwd: Callable, template: nn.Module, theta: Params, buffers: Pa
     saved = [m.momentum for m in bns]
     was_training = template.training
     try:
-        for m in bns:
-            m.momentum = None  # cumulative moving average
         template.train()
         P = next(iter(theta.values())).shape[0]
-        for s in range(0, x.shape[0], chunk):
+        for k, s in enumerate(range(0, x.shape[0], chunk)):
+            for m in bns:  # momentum 1/(k+1): the running value is the mean over the chunks so far
+                m.momentum = 1.0 / (k + 1)  # (torch's momentum=None does the same but calls .item(), not vmap-able)
             fwd(theta, fresh, x[s : s + chunk].expand(P, *x[s : s + chunk].shape))  # updates `fresh` in place
     finally:
         for m, mom in zip(bns, saved):
