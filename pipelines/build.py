@@ -57,8 +57,11 @@ def build(collection: Collection, out: str | Path, phase: str = "grid", address:
     for spec in collection.zoos:
         _check_existing(manifest, spec, out)
     for spec in collection.zoos:
-        for args in {json.dumps(m.task_args, sort_keys=True) for m in spec.members()}:
-            tasks.load(spec.task, json.loads(args))  # fail early on a bad task; warms the data cache
+        for args in sorted({json.dumps(m.task_args, sort_keys=True) for m in spec.members()}):
+            try:  # fail early on a bad task or task argument; warms the data cache
+                tasks.load(spec.task, json.loads(args))
+            except ZooError as e:
+                raise ZooError(f"zoo {spec.name}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     store.remove_temp_files(out)
     manifest["collection"] = collection.name

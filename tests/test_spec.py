@@ -337,3 +337,19 @@ def test_cli_info_without_manifest_exits_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("zoo: error:")
     assert str(d) in lines[0] and "manifest.json" in lines[0]
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_bad_task_argument_value_fails_before_writing(tmp_path):
+    import subprocess
+    import sys
+
+    spec = yaml.safe_load((REPO / "configs" / "zoos" / "pinn_convection.yaml").read_text())
+    spec["axes"]["load"]["values"] = [1.0, -2.0]
+    path = _write(tmp_path / "bad_beta.yaml", spec)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(path), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "pinn_convection" in r.stderr and "beta" in r.stderr and "-2.0" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
