@@ -198,11 +198,6 @@ class Population:
         """A population holding given (trained) weights, e.g. zoo checkpoints for the landscape metrics."""
         return cls(task, arch, "kaiming_uniform", common, members, vectorize=vectorize, states=states)
 
-    def forward(self, params: dict, x: torch.Tensor, train: bool = False) -> torch.Tensor:
-        """The stacked forward in train or eval mode (BatchNorm: batch statistics or running ones)."""
-        self.template.train(train)
-        return self._fwd(params, self.buffers, x)
-
     @property
     def n_steps_per_epoch(self) -> int:
         return math.ceil(self.x.shape[0] / int(self.common["batch_size"]))
