@@ -53,7 +53,7 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         "Populations of small neural networks trained across a phase diagram of hyperparameters: "
         "for every zoo one task, one model family, a grid of (temperature, load) cells and several "
         "seeds per cell. Temperature is the noise of training (batch size or learning rate); load is "
-        "data relative to capacity (width, data fraction or label noise). One row per model and "
+        "data relative to capacity (width, data fraction, label noise, or a PDE coefficient). One row per model and "
         "checkpoint epoch, with its hyperparameters, metrics, learning curve and weights.",
         "",
         "## Zoos",

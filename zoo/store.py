@@ -49,7 +49,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "momentum": (pa.float64(), "SGD momentum"),
     "weight_decay": (pa.float64(), "weight decay (L2 for sgd/adam, decoupled for adamw)"),
     "batch_size": (pa.int64(), "mini-batch size"),
-    "width": (pa.int64(), "width knob of the net (units or channels), null if the family has none"),
+    "width": (pa.int64(), "width knob of the net (units, channels or model dim), null if the family has none"),
     "depth": (pa.int64(), "depth knob of the net, null if the family has none"),
     "data_fraction": (pa.float64(), "fraction of the training split used (a fixed subset per fraction)"),
     "label_noise": (pa.float64(), "fraction of training labels replaced by a different class"),
