@@ -55,7 +55,6 @@ def _chunks(n: int, chunk: int):
 class Objective:
     """Base: `losses` (what training minimizes, per member) and `evaluate` (recorded metrics)."""
 
-    name = "objective"
     metric_names: tuple[str, ...] = ("loss",)
     label_noise = False  # whether label noise makes sense (class labels)
 
@@ -71,13 +70,8 @@ class Objective:
     def error(self, metrics: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def describe(self) -> dict[str, str]:
-        """Column meaning of each metric, for the dataset card."""
-        return {}
-
 
 class Classification(Objective):
-    name = "classification"
     metric_names = ("loss", "acc")
     label_noise = True
 
@@ -105,9 +99,6 @@ class Classification(Objective):
     def error(self, metrics):
         return 1.0 - metrics["acc"]
 
-    def describe(self):
-        return {"loss": "mean cross-entropy (nats per prediction)", "acc": "accuracy (fraction of predictions)"}
-
 
 class Convection(Objective):
     """Physics-informed loss of u_t + β u_x = 0, x ∈ [0, 2π), t ∈ [0, 1], inputs (t, x).
@@ -117,7 +108,6 @@ class Convection(Objective):
     as in Krishnapriyan et al. 2021, "Characterizing possible failure modes in PINNs").
     """
 
-    name = "convection"
     metric_names = ("loss", "rel_l2")
 
     def __init__(self, beta: float, x_ic: Tensor, u_ic: Tensor, x_left: Tensor, x_right: Tensor):
@@ -125,12 +115,14 @@ class Convection(Objective):
         self.x_ic, self.u_ic = x_ic, u_ic  # (N0, 2), (N0, 1)
         self.x_left, self.x_right = x_left, x_right  # (Nb, 2) at x = 0 and x = 2π, the same t
 
-    def residual(self, fwd: Forward, params: Params, buffers: Params, x: Tensor) -> Tensor:
-        """u_t + β u_x at x (M, B, 2) -> (M, B); differentiable (create_graph) for training."""
+    def residual(self, fwd: Forward, params: Params, buffers: Params, x: Tensor,
+                 create_graph: bool = True) -> tuple[Tensor, Tensor]:
+        """(u, u_t + β u_x) at x (M, B, 2) -> (M, B, 1), (M, B); create_graph for training
+        (the loss is differentiated again w.r.t. the parameters), off for evaluation."""
         x = x.detach().requires_grad_(True)
         u = fwd(params, buffers, x)  # (M, B, 1)
-        (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)  # (M, B, 2): each u depends on its own x only
-        return du[..., 0] + self.beta * du[..., 1]
+        (du,) = torch.autograd.grad(u.sum(), x, create_graph=create_graph)  # (M, B, 2): each u depends on its own x only
+        return u, du[..., 0] + self.beta * du[..., 1]
 
     def _conditions(self, fwd, params, buffers, M: int) -> Tensor:
         """Initial-condition + boundary terms per member: (M,)."""
@@ -144,7 +136,7 @@ class Convection(Objective):
 
     def losses(self, fwd, params, buffers, x, y):
         M = x.shape[0]
-        r = self.residual(fwd, params, buffers, x)  # (M, B)
+        _, r = self.residual(fwd, params, buffers, x)  # (M, B)
         return r.pow(2).mean(1) + self._conditions(fwd, params, buffers, M)
 
     def evaluate(self, fwd, params, buffers, x, y, chunk=EVAL_CHUNK):
@@ -155,11 +147,7 @@ class Convection(Objective):
         ref = torch.zeros(M, dtype=torch.float64)
         with torch.enable_grad():  # the residual needs input derivatives even inside no_grad
             for s in _chunks(N, chunk):
-                xb = x[s].expand(M, *x[s].shape)
-                xr = xb.detach().requires_grad_(True)
-                u = fwd(params, buffers, xr)  # (M, b, 1)
-                (du,) = torch.autograd.grad(u.sum(), xr)
-                r = du[..., 0] + self.beta * du[..., 1]
+                u, r = self.residual(fwd, params, buffers, x[s].expand(M, *x[s].shape), create_graph=False)
                 res += r.detach().double().pow(2).sum(1)
                 yb = y[:, s]
                 err += (u.detach() - yb).double().pow(2).flatten(1).sum(1)
@@ -170,7 +158,3 @@ class Convection(Objective):
 
     def error(self, metrics):
         return metrics["rel_l2"]
-
-    def describe(self):
-        return {"loss": "physics-informed loss: mean PDE residual² + initial-condition and boundary MSE",
-                "rel_l2": "relative L2 error ‖u − u*‖ / ‖u*‖ against the analytic solution"}

@@ -125,9 +125,10 @@ def evaluate_curves(fwd: Callable, buffers: Params, theta0: Params, thetac: Para
     y = per_member(y, P, N)
     ts = torch.linspace(0, 1, points)
     loss, err = torch.zeros(P, points, dtype=torch.float64), torch.zeros(P, points, dtype=torch.float64)
+    has_bn = _has_bn(template)
     for j, t in enumerate(ts):
         theta = bezier(theta0, thetac, theta1, t.expand(P))
-        bufs = reestimate_bn(fwd, template, theta, buffers, x) if _has_bn(template) else buffers
+        bufs = reestimate_bn(fwd, template, theta, buffers, x) if has_bn else buffers
         _set_mode(template, False)
         m = objective.evaluate(fwd, theta, bufs, x, y)
         loss[:, j], err[:, j] = m["loss"], objective.error(m)
