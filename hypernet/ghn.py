@@ -48,6 +48,9 @@ import torch.nn as nn
 from torch_geometric.data import Data
 from torch_geometric.nn import MessagePassing, TransformerConv
 
+from huggingface_hub import PyTorchModelHubMixin
+
+from hypernet.conditions import ConditionSpec
 from hypernet.decoders import DECODERS, DecoderConfig, build_decoder
 from hypernet.graph import MAX_DIMS, OPS, module_to_graph
 from zoo.errors import ZooError
@@ -77,8 +80,11 @@ class GHNConfig:
     delta_init: float = 0.0  # initial Δ scale in residual mode (0: θ = θ0 at init)
     embed_std: float = 0.02  # σ of Embedding weights and free parameters
     vector_std: float = 0.1  # σ of 1-D tensors (biases, norm weights around 1)
+    conditions: dict | None = None  # hypernet.conditions.ConditionSpec.to_dict(): sets n_conditions
 
     def __post_init__(self):
+        if self.conditions is not None:
+            self.n_conditions = ConditionSpec.from_dict(self.conditions).n
         if self.gnn not in GNNS:
             raise ZooError(f"unknown gnn {self.gnn!r}; valid: {', '.join(GNNS)}")
         DECODERS.get(self.decoder)  # unknown name -> ZooError listing the valid decoders
@@ -192,12 +198,21 @@ def _sigma_offset(p: _Param, cfg: GHNConfig) -> tuple[float, float]:
     return math.sqrt(2.0 / math.prod(p.shape[1:])), 0.0
 
 
-class GraphHyperNetwork(nn.Module):
-    """Predicts every parameter of a network from its computation graph (and a condition vector)."""
+class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
+                        tags=["hypernetwork", "graph-hypernetwork", "weight-space-learning"]):
+    """Predicts every parameter of a network from its computation graph (and a condition vector).
 
-    def __init__(self, config: GHNConfig | None = None):
+    Saved and loaded with huggingface_hub's PyTorchModelHubMixin: `save_pretrained(dir)` writes
+    model.safetensors + config.json (the GHNConfig), `from_pretrained(dir or Hub id)` reads them,
+    `push_to_hub(repo)` publishes them.
+    """
+
+    def __init__(self, config: GHNConfig | dict | None = None):
         super().__init__()
+        if isinstance(config, dict):
+            config = GHNConfig(**config)
         c = self.config = config or GHNConfig()
+        self.conditions = ConditionSpec.from_dict(c.conditions) if c.conditions else None
         d = c.hidden
         self.op_emb = nn.Embedding(len(OPS), d)
         self.shape_enc = nn.Sequential(nn.Linear(MAX_DIMS + 1, d), nn.GELU(), nn.Linear(d, d))

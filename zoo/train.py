@@ -262,6 +262,19 @@ class Population:
         self.template.train()
         return out
 
+    @torch.no_grad()
+    def evaluate_split(self, split: str = "test") -> dict[str, torch.Tensor]:
+        """The objective's metrics of every member on one split (train: the members' own labels): name -> (M,)."""
+        M = len(self.members)
+        x, y = (self.x, self.y) if split == "train" else (self.task.x_test, self.task.y_test)
+        if split != "train":
+            y = y.expand(M, *y.shape)
+        self.template.eval()
+        try:
+            return self.objective.evaluate(self._fwd, self.params, self.buffers, x, y)
+        finally:
+            self.template.train()
+
     @property
     def metric_keys(self) -> list[str]:
         return [f"{split}_{k}" for split in ("train", "test") for k in self.objective.metric_names]
@@ -285,7 +298,8 @@ class Population:
         metrics = {**{f"train_{k}": v for k, v in tr.items()}, **{f"test_{k}": v for k, v in te.items()}}
         return {"metrics": metrics, "state": state}
 
-    def train_epoch(self, epoch: int) -> None:
+    def train_epoch(self, epoch: int, on_step: Callable[[int], None] | None = None) -> None:
+        """One pass over the data; `on_step(step_count)` is called after every optimizer step."""
         B, n, M = int(self.common["batch_size"]), self.x.shape[0], len(self.members)
         total = self.n_steps_per_epoch * int(self.common["epochs"])
         perms = torch.stack([torch.randperm(n, generator=g) for g in self.order_gens])  # (M, n)
@@ -313,6 +327,8 @@ class Population:
             grads = torch.autograd.grad(total_loss, leaves)
             mult = lr_multiplier(self.common.get("schedule", "constant"), self.step_count, total)
             self._optimizer_step(list(grads), mult)
+            if on_step is not None:
+                on_step(self.step_count)
 
     def fit(self, checkpoints: list[int], progress: Callable[[int, int], None] | None = None) -> list[MemberResult]:
         """Train for `epochs`; evaluate every epoch; snapshot state and exact metrics at checkpoints."""

@@ -51,7 +51,10 @@ def build(family: str, task=None, *, input_shape=None, n_classes=None, **kw) -> 
     if input_shape is None or n_classes is None:
         raise ValueError("build() needs a task or both input_shape and n_classes")
     check_knobs(family, kw)
-    return NETS.get(family)(tuple(input_shape), int(n_classes), **kw)
+    net = NETS.get(family)(tuple(input_shape), int(n_classes), **kw)
+    # what the net is, for hypernet.predict_init (which zoo it belongs to, its width as the load)
+    net.zoo_family, net.zoo_arch = family, {"family": family, **kw}
+    return net
 
 
 @torch.no_grad()

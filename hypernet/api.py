@@ -1,0 +1,109 @@
+"""`predict_init`: fill a model's parameters with a hypernetwork's prediction.
+
+    import hypernet, zoo
+    model = zoo.nets.build("mlp", width=48, depth=3, task="mnist1d")
+    hypernet.predict_init(model, "runs/ghn", task="mnist1d", temperature=64, load=48)
+
+`hypernet` is a GraphHyperNetwork, a run folder of `hypernet train`, or a Hub model id (anything
+GraphHyperNetwork.from_pretrained reads). The condition (which zoo, temperature, load) is
+normalized exactly as in training (the statistics are in the hypernet's config.json); a missing
+temperature or load defaults to the geometric middle of the zoo's axis, and a load whose axis is
+the width defaults to the model's own width when the model has one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hypernet.ghn import GraphHyperNetwork
+from zoo.errors import ZooError
+
+
+def load_hypernet(hypernet: GraphHyperNetwork | str | Path) -> GraphHyperNetwork:
+    """A GraphHyperNetwork from an instance, a local folder (config.json + model.safetensors) or a Hub id."""
+    if isinstance(hypernet, GraphHyperNetwork):
+        return hypernet
+    if not isinstance(hypernet, (str, Path)):
+        raise ZooError(f"hypernet must be a GraphHyperNetwork, a folder or a Hub id; got {type(hypernet).__name__}")
+    path = Path(hypernet)
+    if path.exists():
+        if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+            raise ZooError(f"{path}: not a hypernetwork folder (needs config.json and model.safetensors, "
+                           "as written by `hypernet train` or save_pretrained)")
+        return GraphHyperNetwork.from_pretrained(str(path)).eval()
+    try:
+        return GraphHyperNetwork.from_pretrained(str(hypernet)).eval()
+    except Exception as e:  # noqa: BLE001 - the Hub client raises many kinds; name the id and the cause
+        raise ZooError(f"hypernet {hypernet!r}: no such folder, and the Hub could not provide it "
+                       f"({type(e).__name__}: {e})") from None
+
+
+def condition_for(ghn: GraphHyperNetwork, model: nn.Module | None = None, *, task: str | None = None,
+                  temperature: float | None = None, load: float | None = None,
+                  zoo: str | None = None) -> tuple[torch.Tensor | None, dict]:
+    """(condition vector, the resolved condition as a dict) for a model; (None, {}) for an unconditioned GHN."""
+    spec = ghn.conditions
+    if spec is None:
+        if any(v is not None for v in (task, temperature, load, zoo)):
+            raise ZooError("this hypernetwork takes no condition; call predict_init without task/temperature/load")
+        return None, {}
+    name = spec.resolve(zoo, task, getattr(model, "zoo_family", None))
+    if temperature is None:
+        temperature = spec.default(name, "temperature")
+    if load is None:
+        width = (getattr(model, "zoo_arch", None) or {}).get("width")
+        load = float(width) if spec.axis_param(name, "load") == "width" and width else spec.default(name, "load")
+    resolved = {"zoo": name, "task": spec.zoos[name]["task"], "temperature": float(temperature),
+                "temperature_param": spec.axis_param(name, "temperature"), "load": float(load),
+                "load_param": spec.axis_param(name, "load")}
+    return spec.vector(name, temperature, load), resolved
+
+
+@torch.no_grad()
+def reset_batchnorm(model: nn.Module, calibrate: torch.Tensor | None = None, batch_size: int = 256) -> None:
+    """Reset BatchNorm running statistics (mean 0, var 1); with `calibrate` (training inputs),
+    re-estimate them as the plain average over those batches (momentum None), then restore modes."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+    if calibrate is None or not bns:
+        return
+    old = [(m, m.momentum) for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.momentum = None
+    model.train()
+    try:
+        for s in range(0, calibrate.shape[0], batch_size):
+            model(calibrate[s : s + batch_size])
+    finally:
+        for m, mom in old:
+            m.momentum = mom
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict_init(model: nn.Module, hypernet: GraphHyperNetwork | str | Path, *, task: str | None = None,
+                 temperature: float | None = None, load: float | None = None, zoo: str | None = None,
+                 example_input=None, calibrate: torch.Tensor | None = None) -> nn.Module:
+    """Fill every parameter of `model` in place with the hypernetwork's prediction and return it.
+
+    task / zoo: which zoo's condition (zoo= when several zoos share a task); temperature / load:
+    where on that zoo's plane the model will be trained (e.g. batch size and width). BatchNorm
+    running statistics are reset, or re-estimated on `calibrate` (a tensor of training inputs).
+    example_input: for models torch.fx cannot trace (hypernet.graph.module_to_graph).
+    """
+    ghn = load_hypernet(hypernet)
+    cond, _ = condition_for(ghn, model, task=task, temperature=temperature, load=load, zoo=zoo)
+    params = ghn.predict(model, cond, example_input=example_input)
+    for name, p in model.named_parameters():
+        if name not in params:
+            raise ZooError(f"the hypernetwork predicted no tensor for parameter {name!r}")
+        t = params[name]
+        if t.shape != p.shape:
+            raise ZooError(f"parameter {name!r}: predicted shape {tuple(t.shape)}, the model has {tuple(p.shape)}")
+        p.copy_(t)
+    reset_batchnorm(model, calibrate)
+    return model

@@ -1,0 +1,223 @@
+"""What a hypernetwork learns from: the cells of a built zoo folder, their trained members, and the
+split into training cells and held-out cells / architectures that the init benchmark uses.
+
+    cells = load_cells("build/phases")              # every cell of every complete zoo
+    split = make_split(cells)                       # held-out cells (~20%) + held-out architectures
+    train_cells = [c for c in cells if c.key not in split.held_out_cells]
+
+The split is a pure function of the zoo specs, so `hypernet train` and `hypernet eval` agree on it
+(the run folder also records it, and eval checks that it still holds).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from torch import nn
+
+from zoo import nets, store, tasks
+from zoo.errors import ZooError
+from zoo.spec import Member, ZooSpec, parse_spec
+
+HOLDOUT_PERIOD = 5  # hold out the cells with (2·ti + li) % 5 == 1: 20%, one per row and column of a 5x5 plane
+
+
+@dataclass
+class ZooCell:
+    """One cell of a zoo: its hyperparameters and its trained members (final checkpoint, status ok)."""
+
+    zoo: str
+    cell: str  # e.g. "T2L3"
+    ti: int
+    li: int
+    temperature: float
+    load: float
+    temperature_param: str
+    load_param: str
+    task: str
+    task_args: dict
+    arch: dict  # family + knobs
+    init: str
+    training: dict  # the training fields with this cell's axis values applied (Member.training)
+    members: list[Member]
+    final_epoch: int
+    rows: list[dict] = field(default_factory=list)  # the members' final-checkpoint rows, status ok
+
+    @property
+    def key(self) -> str:
+        return f"{self.zoo}/{self.cell}"
+
+    def load_task(self) -> tasks.Task:
+        return tasks.load(self.task, self.task_args)
+
+    def build(self, arch: dict | None = None) -> nn.Module:
+        arch = dict(arch or self.arch)
+        family = arch.pop("family")
+        return nets.build(family, self.load_task(), **arch)
+
+    def states(self, root: str | Path) -> list[dict[str, torch.Tensor]]:
+        """The trained members' final checkpoints (state_dicts), seed order."""
+        return [{k: torch.from_numpy(np.array(v)) for k, v in store.read_state(Path(root), r).items()}
+                for r in self.rows]
+
+    def summary(self) -> dict:
+        return {"zoo": self.zoo, "cell": self.cell, "temperature_param": self.temperature_param,
+                "temperature": self.temperature, "load_param": self.load_param, "load": self.load,
+                "arch": self.arch}
+
+
+def zoo_specs(root: str | Path) -> list[ZooSpec]:
+    """The specs of the complete zoos in a dataset folder."""
+    root = Path(root)
+    manifest = store.open_manifest(root)
+    specs = []
+    for name, z in sorted(manifest.get("zoos", {}).items()):
+        if z.get("status") != "complete":
+            continue
+        spec = z.get("spec")
+        if not isinstance(spec, dict):
+            raise ZooError(f"{root}/manifest.json: zoo {name!r} has no spec; rebuild it with `zoo build`")
+        specs.append(parse_spec(spec, f"{root}/manifest.json: zoo {name}"))
+    if not specs:
+        raise ZooError(f"{root}: no complete zoo in manifest.json; run `zoo build` first")
+    return specs
+
+
+def load_cells(root: str | Path, zoos: list[str] | None = None) -> list[ZooCell]:
+    """Every cell of the (selected) complete zoos in `root`, with its final-checkpoint rows."""
+    root = Path(root)
+    specs = zoo_specs(root)
+    if zoos:
+        known = [s.name for s in specs]
+        unknown = sorted(set(zoos) - set(known))
+        if unknown:
+            raise ZooError(f"{root}: no complete zoo {unknown}; valid: {', '.join(known)}")
+        specs = [s for s in specs if s.name in zoos]
+    out = []
+    for spec in specs:
+        final = spec.training.epochs
+        table = store.read_rows(root, spec.name)
+        table = table.filter(pc.equal(table["epoch"], final)).select(
+            ["model_id", "seed", "status", "shard", "tensor_prefix", "cell"])
+        by_id = {r["model_id"]: r for r in table.to_pylist()}
+        for c in spec.cells():
+            members = [spec.member(c, s) for s in spec.seeds]
+            rows = [by_id[m.model_id] for m in members if m.model_id in by_id and by_id[m.model_id]["status"] == "ok"]
+            first = members[0]
+            out.append(ZooCell(
+                zoo=spec.name, cell=c.id, ti=c.ti, li=c.li, temperature=float(c.temperature), load=float(c.load),
+                temperature_param=c.temperature_param, load_param=c.load_param, task=spec.task,
+                task_args=dict(first.task_args), arch=dict(first.arch), init=spec.model.init,
+                training=dict(first.training), members=members, final_epoch=final, rows=rows,
+            ))
+    return out
+
+
+# ---- the split --------------------------------------------------------------------------------
+def held_out_cell(ti: int, li: int) -> bool:
+    """The held-out pattern: 20% of a plane, spread so every temperature row and load column of a
+    5x5 plane loses exactly one cell (and every column keeps trained cells)."""
+    return (2 * ti + li) % HOLDOUT_PERIOD == 1
+
+
+@dataclass
+class ArchCase:
+    """A held-out architecture, benchmarked at one point of its zoo's plane."""
+
+    zoo: str
+    name: str  # "between" | "wider" | "deeper"
+    arch: dict
+    temperature: float
+    load: float
+    reference_cell: str  # the zoo cell whose training hyperparameters it is trained with
+
+    @property
+    def key(self) -> str:
+        return f"{self.zoo}/arch:{self.name}"
+
+
+@dataclass
+class Split:
+    held_out_cells: list[str]  # ZooCell.key
+    arch_cases: list[ArchCase]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"held_out_cells": self.held_out_cells,
+                "arch_cases": [a.__dict__ for a in self.arch_cases], "notes": self.notes}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Split:
+        return cls(list(d["held_out_cells"]), [ArchCase(**a) for a in d["arch_cases"]], list(d.get("notes", [])))
+
+
+def _buildable(cell: ZooCell, arch: dict) -> str | None:
+    try:
+        cell.build(arch)
+    except Exception as e:  # noqa: BLE001 - any construction error means "not this variant"
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _arch_cases(cells: list[ZooCell], notes: list[str]) -> list[ArchCase]:
+    """Per zoo: a width between two trained widths, one wider than any, and one layer deeper, each
+    trained with the hyperparameters of the middle temperature of the zoo's plane."""
+    out = []
+    for zoo in sorted({c.zoo for c in cells}):
+        zc = [c for c in cells if c.zoo == zoo]
+        temps = sorted({c.temperature for c in zc})
+        t_mid = temps[len(temps) // 2]
+        widths = sorted({c.arch["width"] for c in zc if "width" in c.arch})
+        by_width = {c.arch.get("width"): c for c in zc if c.temperature == t_mid}
+        load_is_width = zc[0].load_param == "width"
+        variants: list[tuple[str, dict, ZooCell]] = []
+        if len(widths) >= 2:
+            # the widest gap (ratio) between neighbouring trained widths; its geometric middle
+            lo, hi = max(zip(widths, widths[1:]), key=lambda p: (p[1] / p[0], -p[0]))
+            mid = int(round(math.sqrt(lo * hi)))
+            if lo < mid < hi:
+                variants.append(("between", {**by_width[lo].arch, "width": mid}, by_width[lo]))
+            variants.append(("wider", {**by_width[widths[-1]].arch, "width": 2 * widths[-1]}, by_width[widths[-1]]))
+        elif "width" in zc[0].arch:
+            base = by_width[widths[0]]
+            variants.append(("wider", {**base.arch, "width": 2 * widths[0]}, base))
+        else:
+            notes.append(f"{zoo}: the architecture has no width knob; no between/wider architectures")
+        if "depth" in zc[0].arch:
+            ref = by_width.get(widths[len(widths) // 2]) if widths else next(c for c in zc if c.temperature == t_mid)
+            variants.append(("deeper", {**ref.arch, "depth": ref.arch["depth"] + 1}, ref))
+        else:
+            notes.append(f"{zoo}: the architecture has no depth knob; no deeper architecture")
+        for name, arch, ref in variants:
+            why = _buildable(ref, arch)
+            if why:
+                notes.append(f"{zoo}: held-out architecture {name} {arch} cannot be built ({why}); skipped")
+                continue
+            load = float(arch["width"]) if load_is_width else ref.load
+            out.append(ArchCase(zoo, name, arch, ref.temperature, load, ref.cell))
+    return out
+
+
+def make_split(cells: list[ZooCell]) -> Split:
+    """Held-out cells (the HOLDOUT pattern) and held-out architectures of every zoo."""
+    notes: list[str] = []
+    held = [c.key for c in cells if held_out_cell(c.ti, c.li)]
+    for zoo in sorted({c.zoo for c in cells}):
+        zc = [c for c in cells if c.zoo == zoo]
+        if all(c.key in held for c in zc):
+            notes.append(f"{zoo}: every cell matched the held-out pattern; all are kept for training")
+            held = [k for k in held if not k.startswith(zoo + "/")]
+        elif not any(c.key in held for c in zc):
+            notes.append(f"{zoo}: its plane is too small for a held-out cell")
+    return Split(held, _arch_cases(cells, notes), notes)
+
+
+def split_digest(split: Split) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(split.to_json(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,394 @@
+"""The init benchmark (`hypernet eval`): does a generator's initialization train faster than random?
+
+The protocol every weight generator shares (GHNs now, the diffusion generator later):
+
+* Cases. The held-out cells of hypernet.zoodata.make_split (about 20% of every plane, never seen by
+  the generator) and the held-out architectures (a width between two trained widths, one wider than
+  any, one layer deeper), each trained with the hyperparameters of a zoo cell.
+* Generators, per case and seed: (a) `random`: the zoo's own init scheme (for a held-out cell and
+  a zoo seed this is exactly the zoo member's init); (b) the generator's prediction; (c) `nearest`:
+  the final weights of the nearest training cell's member (same architecture only; by distance of
+  the normalized (temperature, load) condition). All are trained by the same zoo.train.Population
+  code the zoo was built with, with the case's own hyperparameters, the zoo's epoch budget and the
+  same data order per seed.
+* Measures. Test accuracy (test rel_l2 for a PDE zoo, where lower is better) at step 0, 10, 100 and
+  at the end, evaluated on a grid of steps (every epoch, and a ~1.15x geometric grid, so early
+  steps are resolved). steps-to-target = the first evaluated step at which the score reaches the
+  final score of (a) with the same seed; speedup = steps of (a) / steps of (b), with steps of (b)
+  counted as at least 1 (a target reached at step 0 means "within the first step"). When (b) never
+  reaches it, the speedup is reported as steps(a) / total steps, an upper bound, flagged
+  `reached: false`.
+
+Outputs (`--out DIR`): results.json (entries per case and generator, and `summary`), results.md
+(the table) and PNG curves of the score against the step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hypernet.api import condition_for, load_hypernet
+from hypernet.conditions import ConditionSpec
+from hypernet.zoodata import ArchCase, ZooCell, load_cells, make_split, split_digest
+from zoo import nets
+from zoo.errors import ZooError
+from zoo.train import MemberConfig, Population
+
+GENERATORS = ("random", "hypernet", "nearest")
+
+
+@dataclass
+class Case:
+    key: str
+    group: str  # "cells" | "archs"
+    zoo: str
+    name: str  # the cell id, or the held-out architecture's name
+    arch: dict
+    temperature: float
+    load: float
+    cell: ZooCell  # the cell whose hyperparameters (and, for a held-out cell, members) it uses
+
+    def summary(self) -> dict:
+        return {"case": self.key, "group": self.group, "zoo": self.zoo, "name": self.name, "arch": self.arch,
+                "temperature_param": self.cell.temperature_param, "temperature": self.temperature,
+                "load_param": self.cell.load_param, "load": self.load, "hyperparameters_of": self.cell.cell}
+
+
+def eval_steps(total: int, per_epoch: int, ratio: float = 1.15) -> list[int]:
+    """Steps at which the score is measured: 0, 10, 100, every epoch end, and a geometric grid."""
+    s = {0, total, *range(per_epoch, total + 1, per_epoch)}
+    s |= {k for k in (10, 100) if k <= total}
+    x = 1.0
+    while x <= total:
+        s.add(int(round(x)))
+        x *= ratio
+    return sorted(s)
+
+
+def cases_of(cells: list[ZooCell], split) -> list[Case]:
+    by_key = {c.key: c for c in cells}
+    out = [Case(k, "cells", by_key[k].zoo, by_key[k].cell, by_key[k].arch, by_key[k].temperature,
+                by_key[k].load, by_key[k]) for k in split.held_out_cells]
+    for a in split.arch_cases:
+        ref = by_key[f"{a.zoo}/{a.reference_cell}"]
+        out.append(Case(a.key, "archs", a.zoo, a.name, a.arch, a.temperature, a.load, ref))
+    return out
+
+
+def nearest_cell(case: Case, train_cells: list[ZooCell], spec: ConditionSpec) -> ZooCell | None:
+    """The training cell of the same zoo and architecture closest in normalized condition."""
+    same = [c for c in train_cells if c.zoo == case.zoo and c.arch == case.arch and c.rows]
+    if not same:
+        return None
+    v = spec.vector(case.zoo, case.temperature, case.load)
+    return min(same, key=lambda c: (float((spec.vector(c.zoo, c.temperature, c.load) - v).norm()), c.cell))
+
+
+def _score_name(metrics: dict) -> tuple[str, bool]:
+    """(metric, higher_is_better): test accuracy, or test rel_l2 for a PDE objective."""
+    return ("acc", True) if "acc" in metrics else ("rel_l2", False)
+
+
+def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], zoo_root: Path,
+             seeds: list[int], generator_name: str = "hypernet") -> dict:
+    """Train every generator's init on one case; curves and the measures above, per seed."""
+    cell = case.cell
+    task = cell.load_task()
+    common = dict(cell.training)
+    template = cell.build(case.arch)
+    states, members, labels = [], [], []
+    # (a) random: the zoo's own init scheme and seeds
+    for s in seeds:
+        states.append(nets.init_(cell.build(case.arch), s, cell.init).state_dict())
+        labels.append(("random", s))
+    # (b) the generator's prediction (one per case: the condition does not depend on the seed)
+    cond, resolved = condition_for(ghn, template, zoo=case.zoo, temperature=case.temperature, load=case.load)
+    with torch.no_grad():
+        params = ghn.predict(template, cond)
+    pred = cell.build(case.arch)
+    pred.load_state_dict({**pred.state_dict(), **{k: v.detach() for k, v in params.items()}})
+    for s in seeds:
+        states.append(pred.state_dict())
+        labels.append((generator_name, s))
+    # (c) the nearest training cell's trained members (same architecture only)
+    near = nearest_cell(case, train_cells, spec)
+    if near is not None:
+        near_states = near.states(zoo_root)
+        for i, s in enumerate(seeds):
+            states.append(near_states[i % len(near_states)])
+            labels.append(("nearest", s))
+    for g, s in labels:
+        members.append(MemberConfig(f"{g}/{s}", s, float(common["lr"]), float(common["weight_decay"]),
+                                    float(common["label_noise"])))
+    pop = Population(task, case.arch, cell.init, common, members, states=[
+        {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for k, v in st.items()}
+        for st in states])
+    epochs = int(common["epochs"])
+    per_epoch = pop.n_steps_per_epoch
+    total = per_epoch * epochs
+    when = set(eval_steps(total, per_epoch))
+    first = pop.evaluate_split("test")
+    metric, higher = _score_name(first)
+    curves: list[list[tuple[int, float]]] = [[(0, float(first[metric][i]))] for i in range(len(members))]
+
+    def on_step(step: int) -> None:
+        if step in when:
+            m = pop.evaluate_split("test")[metric]
+            for i in range(len(members)):
+                curves[i].append((step, float(m[i])))
+
+    for epoch in range(1, epochs + 1):
+        pop.train_epoch(epoch, on_step=on_step)
+    out = {**case.summary(), "metric": f"test_{metric}", "higher_is_better": higher, "steps_total": total,
+           "steps_per_epoch": per_epoch, "epochs": epochs, "condition": resolved,
+           "nearest_cell": near.cell if near is not None else None, "generators": {}}
+    finals_a = {s: curves[labels.index(("random", s))][-1][1] for s in seeds}
+    for g in dict.fromkeys(lab[0] for lab in labels):
+        per_seed = []
+        for s in seeds:
+            c = curves[labels.index((g, s))]
+            per_seed.append(_measures(c, finals_a[s], higher, total, pop.diverged_epoch[labels.index((g, s))]))
+        out["generators"][g] = {"per_seed": per_seed, "curve_steps": [p for p, _ in curves[labels.index((g, seeds[0]))]],
+                                "curves": [[v for _, v in curves[labels.index((g, s))]] for s in seeds]}
+    base = out["generators"]["random"]["per_seed"]
+    for g, rec in out["generators"].items():
+        ps = rec["per_seed"]
+        rec["final"] = float(np.mean([p["final"] for p in ps]))
+        rec["at_step"] = {k: float(np.mean([p["at_step"][k] for p in ps])) for k in ps[0]["at_step"]}
+        rec["steps_to_target"] = [p["steps_to_target"] for p in ps]
+        sp = [b["steps_to_target"] / max(1, p["steps_to_target"]) if p["steps_to_target"] is not None
+              else b["steps_to_target"] / total for p, b in zip(ps, base)]
+        rec["speedup"] = float(np.median(sp))
+        rec["speedup_per_seed"] = sp
+        rec["reached"] = all(p["steps_to_target"] is not None for p in ps)
+        rec["final_delta"] = float(np.mean([p["final"] - b["final"] for p, b in zip(ps, base)]))
+    return out
+
+
+def _measures(curve: list[tuple[int, float]], target: float, higher: bool, total: int, diverged) -> dict:
+    steps = [s for s, _ in curve]
+    vals = [v for _, v in curve]
+
+    def at(step: int) -> float:
+        return vals[steps.index(step)] if step in steps else float("nan")
+
+    reached = next((s for s, v in curve if (v >= target if higher else v <= target)), None)
+    return {"at_step": {"0": at(0), "10": at(10), "100": at(100), "end": vals[-1]}, "final": vals[-1],
+            "steps_to_target": reached, "target": target, "diverged_epoch": diverged}
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return float(np.median(xs)) if xs else None
+
+
+def summarize(results: list[dict], generator: str) -> dict:
+    def med(group, key, g=generator):
+        return _median([r["generators"][g][key] for r in results if r["group"] == group and g in r["generators"]])
+
+    noise = _median([float(np.std([p["final"] for p in r["generators"]["random"]["per_seed"]]))
+                     for r in results])
+    s = {
+        "generator": generator,
+        "median_speedup_cells": med("cells", "speedup"),
+        "median_speedup_archs": med("archs", "speedup"),
+        "final_acc_delta_median": _median([r["generators"][generator]["final_delta"] for r in results]),
+        "final_acc_delta_median_cells": med("cells", "final_delta"),
+        "final_acc_delta_median_archs": med("archs", "final_delta"),
+        "seed_noise_final_std_median": noise,
+        "nearest_median_speedup_cells": med("cells", "speedup", "nearest"),
+        "nearest_final_acc_delta_median_cells": med("cells", "final_delta", "nearest"),
+        "step0_median": {g: _median([r["generators"][g]["at_step"]["0"] for r in results if g in r["generators"]])
+                         for g in ("random", generator, "nearest")},
+        "n_cases": {"cells": sum(r["group"] == "cells" for r in results),
+                    "archs": sum(r["group"] == "archs" for r in results)},
+    }
+    s["goals"] = {
+        "speedup_cells_ge_5": s["median_speedup_cells"] is not None and s["median_speedup_cells"] >= 5,
+        "speedup_archs_ge_2": s["median_speedup_archs"] is not None and s["median_speedup_archs"] >= 2,
+        "final_not_worse_beyond_noise": s["final_acc_delta_median"] is not None
+        and s["final_acc_delta_median"] >= -2 * (noise or 0.0),
+    }
+    return s
+
+
+def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | None = None,
+              seeds: list[int] | None = None, progress: bool = True, name: str | None = None) -> dict:
+    """Run the init benchmark of a `hypernet train` run folder on its zoo; write results to `out`."""
+    from hypernet.train import read_run
+
+    hypernet_dir, zoo_root = Path(hypernet_dir), Path(zoo_dir)
+    meta = read_run(hypernet_dir)
+    ghn = load_hypernet(hypernet_dir)
+    spec = ghn.conditions
+    if spec is None:
+        raise ZooError(f"{hypernet_dir}: the hypernetwork has no conditions; it was not trained on a zoo")
+    cells = load_cells(zoo_root, spec.names)
+    split = make_split(cells)
+    if split_digest(split) != split_digest(meta["split_obj"]):
+        raise ZooError(f"{zoo_root}: its held-out split differs from the one {hypernet_dir} was trained with; "
+                       "evaluate on the zoo the hypernetwork was trained on")
+    train_cells = [c for c in cells if c.key in set(meta["train_cells"])]
+    cases = cases_of(cells, split)
+    if not cases:
+        raise ZooError(f"{zoo_root}: no held-out cell or architecture to benchmark (see the split notes: "
+                       f"{'; '.join(split.notes) or 'none'})")
+    if seeds is None:
+        seeds = sorted({m.seed for c in cells for m in c.members})[:2]
+    name = name or hypernet_dir.name
+    results, t0 = [], time.perf_counter()
+    bar = _bar(progress, len(cases))
+    try:
+        for case in cases:
+            if bar:
+                bar[0].update(bar[1], info=case.key)
+            results.append(run_case(case, ghn, spec, train_cells, zoo_root, seeds))
+            if bar:
+                bar[0].advance(bar[1])
+    finally:
+        if bar:
+            bar[0].stop()
+    doc = {
+        "hypernet": name,
+        "kind": meta.get("kind"),
+        "zoo": str(zoo_root),
+        "seeds": seeds,
+        "protocol": "held-out cells and architectures; random vs generator vs nearest zoo model; "
+                    "steps-to-target = first step reaching the final score of random init (same seed)",
+        "split_notes": split.notes,
+        "seconds": time.perf_counter() - t0,
+        "summary": summarize(results, "hypernet"),
+        "results": results,
+    }
+    if out is not None:
+        write_outputs(doc, Path(out))
+    return doc
+
+
+def _bar(enabled: bool, n: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    p = Progress(TextColumn("hypernet eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                 TextColumn("{task.fields[info]}"))
+    t = p.add_task("eval", total=n, info="")
+    p.start()
+    return p, t
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+def _fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def markdown(doc: dict) -> str:
+    s = doc["summary"]
+    lines = [
+        f"# Init benchmark: {doc['hypernet']} ({doc.get('kind')})",
+        "",
+        f"Zoo `{doc['zoo']}`, seeds {doc['seeds']}; score = {doc['results'][0]['metric']} "
+        f"(mean over seeds). Speedup = steps for random init to reach its own final score / steps for "
+        f"the generator's init (median over seeds; ≥ means the target was reached within the first step, "
+        f"< that it was never reached).",
+        "",
+        f"- median speedup, held-out cells: **{_fmt(s['median_speedup_cells'], 1)}** (goal ≥ 5)",
+        f"- median speedup, held-out architectures: **{_fmt(s['median_speedup_archs'], 1)}** (goal ≥ 2)",
+        f"- median final-score difference (hypernet − random): **{_fmt(s['final_acc_delta_median'])}** "
+        f"(seed-to-seed std of random's final score: {_fmt(s['seed_noise_final_std_median'])})",
+        f"- nearest zoo model, held-out cells: median speedup {_fmt(s['nearest_median_speedup_cells'], 1)}, "
+        f"final difference {_fmt(s['nearest_final_acc_delta_median_cells'])}",
+        "",
+        "| case | T | load | generator | step 0 | step 10 | step 100 | end | steps to target | speedup |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        for g, rec in r["generators"].items():
+            steps = ", ".join("never" if x is None else str(x) for x in rec["steps_to_target"])
+            mark = "" if g == "random" else ("≥" if any(x == 0 for x in rec["steps_to_target"] if x is not None)
+                                              else ("<" if not rec["reached"] else ""))
+            sp = "1" if g == "random" else f"{mark}{rec['speedup']:.1f}"
+            a = rec["at_step"]
+            lines.append(f"| {r['case']} | {r['temperature']:g} | {r['load']:g} | {g} | {_fmt(a['0'])} | "
+                         f"{_fmt(a['10'])} | {_fmt(a['100'])} | {_fmt(a['end'])} | {steps} / {r['steps_total']} | {sp} |")
+    if doc.get("split_notes"):
+        lines += ["", "Notes: " + "; ".join(doc["split_notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(doc: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"random": "#555555", "hypernet": "#d62728", "nearest": "#1f77b4"}
+    paths = []
+    for group in ("cells", "archs"):
+        rs = [r for r in doc["results"] if r["group"] == group]
+        if not rs:
+            continue
+        n = len(rs)
+        cols = min(n, 3)
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, r in zip(axes.flat, rs):
+            for g, rec in r["generators"].items():
+                steps = np.array(rec["curve_steps"], dtype=float)
+                vals = np.array(rec["curves"]).mean(0)
+                ax.plot(np.maximum(steps, 0.5), vals, color=colors.get(g, "k"), label=g, lw=1.5)
+            ax.set_xscale("log")
+            ax.axhline(r["generators"]["random"]["final"], color="#999999", ls=":", lw=1)
+            ax.set_title(f"{r['name']} ({r['temperature_param']} {r['temperature']:g}, "
+                         f"{r['load_param']} {r['load']:g})", fontsize=9)
+            ax.set_xlabel("SGD step (step 0 drawn at 0.5)")
+            ax.set_ylabel(r["metric"])
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=8)
+        title = "held-out cells" if group == "cells" else "held-out architectures"
+        fig.suptitle(f"{doc['hypernet']}: {title} (mean over seeds; dotted: random init's final score)")
+        fig.tight_layout()
+        p = out / f"curves-{group}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_outputs(doc: dict, out: Path) -> None:
+    """results.json, results.md and the curve PNGs, each written atomically."""
+    from zoo.store import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "results.json", json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
+    write_text_atomic(out / "results.md", markdown(doc))
+    plot_curves(doc, out)
+
+
+def _finite(x):
+    """NaN / inf -> None (JSON null), recursively: e.g. the score at step 100 of a run shorter than that."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def summary_line(doc: dict) -> str:
+    s = doc["summary"]
+    return (f"{doc['hypernet']}: median speedup {_fmt(s['median_speedup_cells'], 1)}x on held-out cells "
+            f"(goal 5), {_fmt(s['median_speedup_archs'], 1)}x on held-out architectures (goal 2); "
+            f"final {doc['results'][0]['metric']} vs random init {s['final_acc_delta_median']:+.3f} "
+            f"(seed noise {_fmt(s['seed_noise_final_std_median'])})")
