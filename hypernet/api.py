@@ -33,6 +33,9 @@ def load_hypernet(hypernet: GraphHyperNetwork | str | Path) -> GraphHyperNetwork
             raise ZooError(f"{path}: not a hypernetwork folder (needs config.json and model.safetensors, "
                            "as written by `hypernet train` or save_pretrained)")
         return GraphHyperNetwork.from_pretrained(str(path)).eval()
+    text = str(hypernet)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
+        raise ZooError(f"{text}: no such hypernetwork folder")
     try:
         return GraphHyperNetwork.from_pretrained(str(hypernet)).eval()
     except Exception as e:  # noqa: BLE001 - the Hub client raises many kinds; name the id and the cause

@@ -115,9 +115,16 @@ class HypernetConfig:
 
 
 def default_config_path(kind: str) -> Path:
+    """configs/hypernets/<kind>.yaml, from the source tree or the copy a wheel ships."""
     if kind not in KINDS:
         raise ZooError(f"--kind {kind!r} is not valid; valid: {', '.join(KINDS)}")
-    return ROOT / "configs" / "hypernets" / f"{kind.replace('-', '_')}.yaml"
+    name = f"{kind.replace('-', '_')}.yaml"
+    source = ROOT / "configs" / "hypernets" / name
+    if source.exists():
+        return source
+    from importlib.resources import files
+
+    return Path(str(files("zoo._configs.hypernets") / name))
 
 
 def load_config(path: str | Path | None, kind: str | None = None) -> HypernetConfig:
@@ -345,7 +352,7 @@ class Trainer:
                 for i in pick:
                     loss, lt, ld = self.cell_loss(self.train_cells[i], gen)
                     (loss / len(pick)).backward()
-                    total += float(loss) / len(pick)
+                    total += float(loss.detach()) / len(pick)
                     parts_t += lt / len(pick)
                     parts_d += ld / len(pick)
                 if not math.isfinite(total):

@@ -1,0 +1,308 @@
+"""Hypernet training, prediction and the init benchmark on a real (tiny) zoo built by `zoo build`.
+
+The zoo: a 2x2 plane (batch 64/128 x width 4/8) of one-hidden-layer MLPs on MNIST-1D, 2 seeds,
+2 epochs, built in-process (no Ray: the Ray path has its own tests). The held-out pattern keeps
+T0L1 out of hypernet training.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import hypernet
+from conftest import tiny_spec
+from hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
+from hypernet.api import load_hypernet, predict_init
+from hypernet.conditions import AxisNorm, ConditionSpec
+from hypernet.train import HypernetConfig, Trainer, load_config, read_run, train
+from hypernet.zoodata import held_out_cell, load_cells, make_split
+from pipelines.build import build
+from pipelines.evaluate import benchmark, eval_steps
+from zoo import nets, store
+from zoo.errors import ZooError
+from zoo.spec import Collection, parse_spec
+
+pytestmark = pytest.mark.slow
+
+TINY_GHN = {"hidden": 16, "layers": 1, "dec_hidden": 16, "max_out": 32, "max_in": 48}
+
+
+def tiny_config(steps: int = 30, **training) -> HypernetConfig:
+    return HypernetConfig.from_dict({
+        "kind": "ghn", "ghn": TINY_GHN,
+        "training": {"steps": steps, "meta_batch": 2, "batch_size": 128, "lr": 3e-3, "warmup": 2,
+                     "checkpoint_every": 10, "log_every": 5, **training},
+    })
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hz") / "zoo"
+    spec = parse_spec(tiny_spec("hz", metrics={"enabled": False}))
+    build(Collection("hz", [spec]), out, use_ray=False, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(zoo_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hrun") / "ghn"
+    train(zoo_dir, out, tiny_config(), progress=False)
+    return out
+
+
+# ---- conditions and split -------------------------------------------------------------------------
+def test_held_out_pattern_is_one_cell_per_row_and_column_of_a_5x5_plane():
+    held = [(t, l) for t in range(5) for l in range(5) if held_out_cell(t, l)]
+    assert len(held) == 5
+    assert sorted(t for t, _ in held) == list(range(5))
+    assert sorted(l for _, l in held) == list(range(5))
+
+
+def test_split_of_the_tiny_zoo(zoo_dir):
+    split = make_split(load_cells(zoo_dir))
+    assert split.held_out_cells == ["hz/T0L1"]
+    cases = {a.name: a for a in split.arch_cases}
+    assert set(cases) == {"between", "wider", "deeper"}
+    assert cases["between"].arch["width"] == 6 and cases["between"].load == 6
+    assert cases["wider"].arch["width"] == 16
+    assert cases["deeper"].arch["depth"] == 2
+    assert all(a.temperature == 128 for a in split.arch_cases)  # the middle temperature of [64, 128]
+
+
+def test_condition_normalization_and_resolution():
+    n = AxisNorm.fit("batch_size", [16, 64, 256])
+    assert n.log and math.isclose(n(64, "t"), 0.0, abs_tol=1e-12)
+    assert n(256, "t") > 0 > n(16, "t")
+    lin = AxisNorm.fit("label_noise", [0.0, 0.2])
+    assert not lin.log and math.isclose(lin(0.1, "l"), 0.0, abs_tol=1e-12)
+    with pytest.raises(ZooError, match="must be > 0"):
+        n(0, "temperature (batch_size)")
+    spec = ConditionSpec({
+        "a": {"task": "digits", "family": "resnet", "temperature": n.__dict__, "load": n.__dict__,
+              "temperature_values": [16, 64, 256], "load_values": [16, 64, 256]},
+        "b": {"task": "digits", "family": "vit", "temperature": n.__dict__, "load": n.__dict__,
+              "temperature_values": [16, 64, 256], "load_values": [16, 64, 256]},
+    })
+    assert spec.n == 4
+    v = spec.vector("b", 64, 256)
+    assert v[:2].tolist() == [0.0, 1.0] and math.isclose(float(v[2]), 0.0, abs_tol=1e-6) and float(v[3]) > 0
+    assert spec.resolve(task="digits", family="vit") == "b"
+    with pytest.raises(ZooError, match="several zoos"):
+        spec.resolve(task="digits")
+    with pytest.raises(ZooError, match="valid: digits"):
+        spec.resolve(task="mnist1d")
+    assert math.isclose(spec.default("a", "temperature"), 64.0, rel_tol=1e-9)
+    assert ConditionSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ZooError, match="unknown training fields \\['stepz'\\]"):
+        HypernetConfig.from_dict({"training": {"stepz": 3}})
+    with pytest.raises(ZooError, match="unknown ghn fields \\['hiden'\\]"):
+        HypernetConfig.from_dict({"ghn": {"hiden": 3}})
+    with pytest.raises(ZooError, match="kind 'gan' is not valid; valid: ghn, ghn-lowrank"):
+        HypernetConfig.from_dict({"kind": "gan"})
+    with pytest.raises(ZooError, match="training.steps must be >= 1"):
+        HypernetConfig.from_dict({"training": {"steps": 0}})
+    for kind in ("ghn", "ghn-lowrank"):  # the shipped defaults parse, and --kind picks the decoder
+        cfg = load_config(None, kind)
+        assert cfg.kind == kind
+    assert load_config(None, "ghn-lowrank").ghn_config(_spec()).decoder == "lowrank"
+
+
+def _spec() -> ConditionSpec:
+    n = AxisNorm.fit("batch_size", [64, 128]).__dict__
+    return ConditionSpec({"z": {"task": "mnist1d", "family": "mlp", "temperature": n, "load": n,
+                                "temperature_values": [64, 128], "load_values": [64, 128]}})
+
+
+# ---- training ---------------------------------------------------------------------------------------
+def test_training_run_folder_and_loss_decreases(run_dir):
+    meta = read_run(run_dir)
+    assert meta["steps"] == 30 and meta["kind"] == "ghn"
+    assert meta["split"]["held_out_cells"] == ["hz/T0L1"]
+    assert "hz/T0L1" not in meta["train_cells"] and len(meta["train_cells"]) == 3
+    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    assert all(r["distill"] > 0 for r in log)  # the zoo members' outputs are part of the loss
+    assert "train_cells_pred_score" in log[-1]
+    assert {"config.json", "model.safetensors", "hypernet.json", "log.jsonl"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "checkpoint" / "optimizer.safetensors").exists()
+
+
+def test_resume_after_an_interruption_is_exact(zoo_dir, run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    calls = {"n": 0}
+    original = Trainer.cell_loss
+
+    def flaky(self, cell, gen):
+        calls["n"] += 1
+        if calls["n"] > 2 * 13:  # meta_batch 2: interrupted inside step 14, after the checkpoint at 10
+            raise KeyboardInterrupt
+        return original(self, cell, gen)
+
+    monkeypatch.setattr(Trainer, "cell_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(zoo_dir, out, tiny_config(), progress=False)
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 10
+    monkeypatch.setattr(Trainer, "cell_loss", original)
+    with pytest.raises(ZooError, match="--resume"):
+        train(zoo_dir, out, tiny_config(), progress=False)
+    with pytest.raises(ZooError, match="different hypernet config"):
+        train(zoo_dir, out, tiny_config(lr=1e-2), resume=True, progress=False)
+    meta = train(zoo_dir, out, tiny_config(), resume=True, progress=False)
+    assert meta["resumed_from"] == 10 and meta["steps"] == 30
+    a, b = load_file(str(run_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20, 25, 30]
+
+
+def test_lowrank_kind_trains(zoo_dir, tmp_path):
+    cfg = tiny_config(steps=4)
+    cfg.kind = "ghn-lowrank"
+    meta = train(zoo_dir, tmp_path / "lr", cfg, progress=False)
+    ghn = load_hypernet(tmp_path / "lr")
+    assert ghn.config.decoder == "lowrank" and meta["decoder_params"] == ghn.decoder.n_params()
+
+
+# ---- prediction -------------------------------------------------------------------------------------
+def test_save_load_round_trip_predicts_identically(run_dir, tmp_path):
+    ghn = load_hypernet(run_dir)
+    ghn.save_pretrained(tmp_path / "copy")
+    again = hypernet.GraphHyperNetwork.from_pretrained(str(tmp_path / "copy"))
+    assert again.config == ghn.config
+    model = nets.build("mlp", "mnist1d", width=6, depth=1)
+    c = ghn.conditions.vector("hz", 64, 6)
+    p1, p2 = ghn.predict(model, c), again.predict(model, c)
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+
+
+def test_predict_init_fills_parameters_in_place(run_dir):
+    model = nets.build("mlp", "mnist1d", width=6, depth=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = predict_init(model, str(run_dir), task="mnist1d", temperature=64, load=6)
+    assert out is model
+    ghn = load_hypernet(run_dir)
+    expected = ghn.predict(model, ghn.conditions.vector("hz", 64, 6))
+    for k, v in model.named_parameters():
+        assert v.shape == before[k].shape and torch.equal(v.detach(), expected[k])
+        assert not torch.equal(v.detach(), before[k])
+    # defaults: the zoo's only task, the model's width as the load, the middle temperature
+    m2 = predict_init(nets.build("mlp", "mnist1d", width=6, depth=1), ghn)
+    mid = ghn.predict(model, ghn.conditions.vector("hz", math.sqrt(64 * 128), 6))
+    assert all(torch.allclose(p.detach(), mid[k]) for k, p in m2.named_parameters())
+    with pytest.raises(ZooError, match="not one this hypernet was trained on; valid: mnist1d"):
+        predict_init(model, ghn, task="digits")
+
+
+def test_predict_init_resets_batchnorm_statistics(run_dir):
+    model = nets.build("resnet", "mnist1d", width=4)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns
+    for m in bns:
+        m.running_mean.fill_(3.0)
+        m.running_var.fill_(7.0)
+    predict_init(model, run_dir, task="mnist1d", temperature=64, load=4)
+    assert all(float(m.running_mean.abs().max()) == 0 and float((m.running_var - 1).abs().max()) == 0 for m in bns)
+    x = torch.randn(64, 1, 40)
+    predict_init(model, run_dir, task="mnist1d", temperature=64, load=4, calibrate=x)
+    assert any(float(m.running_mean.abs().max()) > 0 for m in bns)
+
+
+def test_cli_predict_writes_the_init_and_errors_are_one_line(run_dir, tmp_path):
+    spec = tmp_path / "hz.yaml"
+    import yaml
+
+    spec.write_text(yaml.safe_dump(tiny_spec("hz", metrics={"enabled": False})))
+    out = tmp_path / "init.safetensors"
+    cmd = [sys.executable, "-m", "hypernet.cli", "predict", "--hypernet", str(run_dir), "--config", str(spec),
+           "--width", "12", "--temperature", "64", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    model = nets.build("mlp", "mnist1d", width=12, depth=1)
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        assert set(f.keys()) == set(model.state_dict())
+        for k, v in model.state_dict().items():
+            assert f.get_tensor(k).shape == v.shape
+    cond = json.loads(meta["condition"])
+    assert cond["zoo"] == "hz" and cond["temperature"] == 64 and cond["load"] == 12
+    bad = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "x.safetensors"), "--arch", "{\"heads\": 2}"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no knob(s) ['heads']" in bad.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+    missing = subprocess.run(cmd[:5] + [str(tmp_path / "nope")] + cmd[6:], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no such hypernetwork folder" in missing.stderr
+
+
+def test_push_to_hub_and_load_by_id(run_dir, hub, hub_env):
+    ghn = load_hypernet(run_dir)
+    ghn.push_to_hub("lab/ghn-tiny")
+    files = hub.files("lab/ghn-tiny", repo_type="model")
+    assert {"config.json", "model.safetensors"} <= set(files)
+    remote = hypernet.GraphHyperNetwork.from_pretrained("lab/ghn-tiny")
+    assert all(torch.equal(a, b) for a, b in zip(ghn.state_dict().values(), remote.state_dict().values()))
+    model = predict_init(nets.build("mlp", "mnist1d", width=6, depth=1), "lab/ghn-tiny", temperature=64)
+    local = predict_init(nets.build("mlp", "mnist1d", width=6, depth=1), ghn, temperature=64)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), local.state_dict().values()))
+
+
+# ---- the init benchmark --------------------------------------------------------------------------------
+def test_eval_steps_grid():
+    s = eval_steps(640, 16)
+    assert s[0] == 0 and s[-1] == 640 and {1, 2, 10, 100, 16, 320} <= set(s) and s == sorted(set(s))
+
+
+def test_benchmark_end_to_end(zoo_dir, run_dir, tmp_path):
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, "-m", "hypernet.cli", "eval", "--hypernet", str(run_dir), "--zoo",
+                        str(zoo_dir), "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "median speedup" in r.stdout
+    doc = json.loads((out / "results.json").read_text())
+    s = doc["summary"]
+    for k in ("median_speedup_cells", "median_speedup_archs", "final_acc_delta_median"):
+        assert isinstance(s[k], float), k
+    assert s["n_cases"] == {"cells": 1, "archs": 3}
+    cases = {x["case"]: x for x in doc["results"]}
+    assert set(cases) == {"hz/T0L1", "hz/arch:between", "hz/arch:wider", "hz/arch:deeper"}
+    cell = cases["hz/T0L1"]
+    assert set(cell["generators"]) == {"random", "hypernet", "nearest"}
+    assert cell["nearest_cell"] == "T1L1"  # the only training cell with T0L1's width
+    assert all(set(x["generators"]) == {"random", "hypernet"} for k, x in cases.items() if "arch:" in k)
+    assert cell["steps_total"] == 2 * math.ceil(2000 / 64)
+    for g, rec in cell["generators"].items():
+        assert len(rec["curves"]) == 2 and len(rec["curves"][0]) == len(rec["curve_steps"])
+        assert rec["curve_steps"][0] == 0 and rec["curve_steps"][-1] == cell["steps_total"]
+    assert cell["generators"]["random"]["speedup"] == 1.0
+    # (a) on a held-out cell is the zoo's own training of that cell: same init, data order and code
+    table = store.read_rows(zoo_dir, "hz")
+    rows = table.filter(pc.and_(pc.equal(table["cell"], "T0L1"), pc.equal(table["epoch"], 2))).to_pylist()
+    zoo_final = {row["seed"]: row["test_acc"] for row in rows}
+    for seed, ps in zip(doc["seeds"], cell["generators"]["random"]["per_seed"]):
+        assert abs(ps["final"] - zoo_final[seed]) <= 2e-3
+    # a zoo member's trained weights are already at the target: nearest starts far above random
+    assert cell["generators"]["nearest"]["at_step"]["0"] > cell["generators"]["random"]["at_step"]["0"] + 0.1
+    md = (out / "results.md").read_text()
+    assert "| hz/T0L1 | 64 | 8 | hypernet |" in md and "median speedup, held-out cells" in md
+    for png in ("curves-cells.png", "curves-archs.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_refuses_a_different_zoo(run_dir, tmp_path):
+    other = tmp_path / "other"
+    spec = parse_spec(tiny_spec("other", metrics={"enabled": False}, seeds=[0]))
+    build(Collection("other", [spec]), other, use_ray=False, progress=False)
+    with pytest.raises(ZooError, match="no complete zoo \\['hz'\\]"):
+        benchmark(run_dir, other, progress=False)
