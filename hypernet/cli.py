@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--only", action="append", metavar="ZOO", help="train on this zoo only (repeatable)")
     t.add_argument("--steps", type=int, help="override training.steps")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--eval", action="store_true", help="then run the init benchmark into <out>/eval")
+    t.add_argument("--eval", action="store_true", help="then run the init benchmark into results/<run folder name>")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     pr = sub.add_parser("predict", help="predict the init of one architecture and save it as safetensors")
     pr.add_argument("--hypernet", required=True, help="run folder or Hub model id")
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a) -> int:
-    from hypernet.train import load_config, train
+    from pipelines.fit import load_config, train
 
     cfg = load_config(a.config, a.kind)
     if a.steps is not None:
@@ -62,7 +62,7 @@ def cmd_train(a) -> int:
           f"{meta['steps']} steps in {meta['seconds_this_run']:.0f} s on {len(meta['train_cells'])} training cells; "
           f"held out {len(meta['split']['held_out_cells'])} cells and {len(meta['split']['arch_cases'])} architectures")
     if a.eval:
-        return _eval(out, Path(a.zoo), out / "eval", None, a.quiet)
+        return _eval(out, Path(a.zoo), Path("results") / out.name, None, a.quiet)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The protocol every weight generator shares (GHNs now, the diffusion generator later):
 
-* Cases. The held-out cells of hypernet.zoodata.make_split (about 20% of every plane, never seen by
+* Cases. The held-out cells of pipelines.zoodata.make_split (about 20% of every plane, never seen by
   the generator) and the held-out architectures (a width between two trained widths, one wider than
   any, one layer deeper), each trained with the hyperparameters of a zoo cell.
 * Generators, per case and seed: (a) `random`: the zoo's own init scheme (for a held-out cell and
@@ -35,7 +35,7 @@ import torch
 
 from hypernet.api import condition_for, load_hypernet
 from hypernet.conditions import ConditionSpec
-from hypernet.zoodata import ArchCase, ZooCell, load_cells, make_split, split_digest
+from pipelines.zoodata import ArchCase, ZooCell, load_cells, make_split, split_digest
 from zoo import nets
 from zoo.errors import ZooError
 from zoo.train import MemberConfig, Population
@@ -221,7 +221,7 @@ def summarize(results: list[dict], generator: str) -> dict:
 def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | None = None,
               seeds: list[int] | None = None, progress: bool = True, name: str | None = None) -> dict:
     """Run the init benchmark of a `hypernet train` run folder on its zoo; write results to `out`."""
-    from hypernet.train import read_run
+    from pipelines.fit import read_run
 
     hypernet_dir, zoo_root = Path(hypernet_dir), Path(zoo_dir)
     meta = read_run(hypernet_dir)

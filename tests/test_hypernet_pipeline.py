@@ -23,8 +23,8 @@ from conftest import tiny_spec
 from hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
 from hypernet.api import load_hypernet, predict_init
 from hypernet.conditions import AxisNorm, ConditionSpec
-from hypernet.train import HypernetConfig, Trainer, load_config, read_run, train
-from hypernet.zoodata import held_out_cell, load_cells, make_split
+from pipelines.fit import HypernetConfig, Trainer, load_config, read_run, train
+from pipelines.zoodata import held_out_cell, load_cells, make_split
 from pipelines.build import build
 from pipelines.evaluate import benchmark, eval_steps
 from zoo import nets, store

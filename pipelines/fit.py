@@ -1,7 +1,7 @@
 """`hypernet train`: fit a graph hypernetwork to the cells of a zoo.
 
 Each step samples a meta-batch of training cells (the held-out cells and architectures of
-hypernet.zoodata.make_split are never seen). For every cell the GHN predicts the whole network
+pipelines.zoodata.make_split are never seen). For every cell the GHN predicts the whole network
 from the architecture's graph and the cell's condition (zoo, temperature, load), and the loss is
 
     task loss of the predicted net on a batch of the cell's training data (the task's objective,
@@ -42,7 +42,7 @@ from torch import nn
 from hypernet.conditions import ConditionSpec
 from hypernet.ghn import GHNConfig, GraphHyperNetwork
 from hypernet.graph import module_to_graph
-from hypernet.zoodata import Split, ZooCell, load_cells, make_split, split_digest, zoo_specs
+from pipelines.zoodata import Split, ZooCell, load_cells, make_split, split_digest, zoo_specs
 from zoo import store
 from zoo.errors import ZooError
 from zoo.objectives import Classification
