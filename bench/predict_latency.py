@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         first = next(iter(ghns))
         row["ratio"] = row[f"{first}_ms"] / row["random_ms"]
         rows.append(row)
-        label = ",".join(f"{k}={v}" for k, v in knobs.items())
+        label = ",".join(f"{k}={v}" for k, v in {**knobs, **task_args}.items())
         print(f"{zoo:16s} {arch['family'] + ' ' + label:44.44s} {row['params']:9,d} {row['random_ms']:10.2f} " +
               " ".join(f"{row[k + '_ms']:16.2f}" for k in ghns) + f"  {row['ratio']:.1f}x", flush=True)
     if not rows:

@@ -10,7 +10,7 @@
 Training (`hypernet train`) and the init benchmark (`hypernet eval`) are pipelines: pipelines.fit
 and pipelines.evaluate.
 """
-from hypernet.api import load_hypernet, predict_init, reset_batchnorm
+from hypernet.api import load, load_hypernet, predict_init, reset_batchnorm
 from hypernet.conditions import ConditionSpec
 from hypernet.decoders import DECODERS, DecoderConfig, DecoderError, build_decoder
 from hypernet.ghn import GHNConfig, GraphHyperNetwork
@@ -18,6 +18,6 @@ from hypernet.graph import MAX_DIMS, OPS, GraphError, UnsupportedOpError, module
 
 __all__ = [
     "ConditionSpec", "DECODERS", "DecoderConfig", "DecoderError", "GHNConfig", "GraphError", "GraphHyperNetwork",
-    "MAX_DIMS", "OPS", "UnsupportedOpError", "build_decoder", "load_hypernet", "module_to_graph", "predict_init",
+    "MAX_DIMS", "OPS", "UnsupportedOpError", "build_decoder", "load", "load_hypernet", "module_to_graph", "predict_init",
     "reset_batchnorm", "validate",
 ]

@@ -43,6 +43,9 @@ def load_hypernet(hypernet: GraphHyperNetwork | str | Path) -> GraphHyperNetwork
                        f"({type(e).__name__}: {e})") from None
 
 
+load = load_hypernet  # DESIGN's name: hypernet.load("runs/ghn")
+
+
 def condition_for(ghn: GraphHyperNetwork, model: nn.Module | None = None, *, task: str | None = None,
                   temperature: float | None = None, load: float | None = None,
                   zoo: str | None = None) -> tuple[torch.Tensor | None, dict]:

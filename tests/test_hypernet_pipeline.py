@@ -275,6 +275,7 @@ def test_benchmark_end_to_end(zoo_dir, run_dir, tmp_path):
     for k in ("median_speedup_cells", "median_speedup_archs", "final_acc_delta_median"):
         assert isinstance(s[k], float), k
     assert s["n_cases"] == {"cells": 1, "archs": 3}
+    assert set(s["at_target_from_step0"]) == {"cells", "archs"} and 0 <= s["at_target_from_step0"]["cells"] <= 1
     cases = {x["case"]: x for x in doc["results"]}
     assert set(cases) == {"hz/T0L1", "hz/arch:between", "hz/arch:wider", "hz/arch:deeper"}
     cell = cases["hz/T0L1"]
