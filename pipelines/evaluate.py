@@ -14,10 +14,9 @@ The protocol every weight generator shares (GHNs now, the diffusion generator la
 * Measures. Test accuracy (test rel_l2 for a PDE zoo, where lower is better) at step 0, 10, 100 and
   at the end, evaluated on a grid of steps (every epoch, and a ~1.15x geometric grid, so early
   steps are resolved). steps-to-target = the first evaluated step at which the score reaches the
-  final score of (a) with the same seed; speedup = steps of (a) / steps of (b), with steps of (b)
-  counted as at least 1 (a target reached at step 0 means "within the first step"). When (b) never
-  reaches it, the speedup is reported as steps(a) / total steps, an upper bound, flagged
-  `reached: false`.
+  final score of (a) with the same seed; speedup = steps of (a) / steps of (b), both counted as at
+  least 1 (a target reached at step 0 means "within the first step"). When (b) never reaches it,
+  the speedup is reported as steps(a) / total steps, an upper bound, flagged `reached: false`.
 
 Outputs (`--out DIR`): results.json (entries per case and generator, and `summary`), results.md
 (the table) and PNG curves of the score against the step.
@@ -162,8 +161,8 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
         rec["final"] = float(np.mean([p["final"] for p in ps]))
         rec["at_step"] = {k: float(np.mean([p["at_step"][k] for p in ps])) for k in ps[0]["at_step"]}
         rec["steps_to_target"] = [p["steps_to_target"] for p in ps]
-        sp = [b["steps_to_target"] / max(1, p["steps_to_target"]) if p["steps_to_target"] is not None
-              else b["steps_to_target"] / total for p, b in zip(ps, base)]
+        sp = [max(1, b["steps_to_target"]) / max(1, p["steps_to_target"]) if p["steps_to_target"] is not None
+              else max(1, b["steps_to_target"]) / total for p, b in zip(ps, base)]
         rec["speedup"] = float(np.median(sp))
         rec["speedup_per_seed"] = sp
         rec["reached"] = all(p["steps_to_target"] is not None for p in ps)

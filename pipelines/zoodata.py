@@ -61,9 +61,20 @@ class ZooCell:
         return nets.build(family, self.load_task(), **arch)
 
     def states(self, root: str | Path) -> list[dict[str, torch.Tensor]]:
-        """The trained members' final checkpoints (state_dicts), seed order."""
-        return [{k: torch.from_numpy(np.array(v)) for k, v in store.read_state(Path(root), r).items()}
-                for r in self.rows]
+        """The trained members' final checkpoints (state_dicts in the module's own shapes), seed order.
+
+        Shapes come from the module: a shard stores 0-d tensors (BatchNorm's num_batches_tracked)
+        as shape (1,)."""
+        template = self.build().state_dict()
+        out = []
+        for r in self.rows:
+            state = store.read_state(Path(root), r)
+            missing = sorted(set(template) - set(state))
+            if missing:
+                raise ZooError(f"{r['shard']}: checkpoint {r['tensor_prefix']} lacks {missing[:3]}")
+            out.append({k: torch.from_numpy(np.array(state[k])).reshape(v.shape).to(v.dtype)
+                        for k, v in template.items()})
+        return out
 
     def summary(self) -> dict:
         return {"zoo": self.zoo, "cell": self.cell, "temperature_param": self.temperature_param,
