@@ -54,7 +54,8 @@ def test_untrained_denoiser_predicts_zero_noise_and_samples_are_shaped():
     ids, mask, _ = _toy()
     model = _model()
     x = torch.randn(2, N, K)
-    eps = model(x, torch.tensor([5, 50]), ids, torch.zeros(2, 3))
+    with torch.no_grad():
+        eps = model(x, torch.tensor([5, 50]), ids, torch.zeros(2, 3))
     assert eps.shape == (2, N, K) and float(eps.abs().max()) == 0.0  # zero-initialized head
     s = model.sample(ids, mask, torch.zeros(3), n=2, steps=5)
     assert s.shape == (2, N, K) and torch.isfinite(s).all()
