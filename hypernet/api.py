@@ -17,27 +17,43 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import json
+
+from hypernet.diffusion import WeightDiffusion
 from hypernet.ghn import GraphHyperNetwork
 from zoo.errors import ZooError
 
+Generator = GraphHyperNetwork | WeightDiffusion
 
-def load_hypernet(hypernet: GraphHyperNetwork | str | Path) -> GraphHyperNetwork:
-    """A GraphHyperNetwork from an instance, a local folder (config.json + model.safetensors) or a Hub id."""
-    if isinstance(hypernet, GraphHyperNetwork):
+
+def _class_of(config: dict) -> type:
+    """WeightDiffusion for a diffusion config (it has d_model), else GraphHyperNetwork."""
+    return WeightDiffusion if "d_model" in config else GraphHyperNetwork
+
+
+def load_hypernet(hypernet: Generator | str | Path) -> Generator:
+    """A weight generator (GraphHyperNetwork or WeightDiffusion) from an instance, a local folder
+    (config.json + model.safetensors) or a Hub id; the class is read from config.json."""
+    if isinstance(hypernet, (GraphHyperNetwork, WeightDiffusion)):
         return hypernet
     if not isinstance(hypernet, (str, Path)):
-        raise ZooError(f"hypernet must be a GraphHyperNetwork, a folder or a Hub id; got {type(hypernet).__name__}")
+        raise ZooError(f"hypernet must be a GraphHyperNetwork, a WeightDiffusion, a folder or a Hub id; "
+                       f"got {type(hypernet).__name__}")
     path = Path(hypernet)
     if path.exists():
         if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
             raise ZooError(f"{path}: not a hypernetwork folder (needs config.json and model.safetensors, "
                            "as written by `hypernet train` or save_pretrained)")
-        return GraphHyperNetwork.from_pretrained(str(path)).eval()
+        cls = _class_of(json.loads((path / "config.json").read_text()))
+        return cls.from_pretrained(str(path)).eval()
     text = str(hypernet)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
         raise ZooError(f"{text}: no such hypernetwork folder")
     try:
-        return GraphHyperNetwork.from_pretrained(str(hypernet)).eval()
+        from huggingface_hub import hf_hub_download
+
+        config = json.loads(Path(hf_hub_download(text, "config.json")).read_text())
+        return _class_of(config).from_pretrained(text).eval()
     except Exception as e:  # noqa: BLE001 - the Hub client raises many kinds; name the id and the cause
         raise ZooError(f"hypernet {hypernet!r}: no such folder, and the Hub could not provide it "
                        f"({type(e).__name__}: {e})") from None
@@ -90,20 +106,69 @@ def reset_batchnorm(model: nn.Module, calibrate: torch.Tensor | None = None, bat
         model.train(was_training)
 
 
+def _training_data(gen: Generator, zoo: str | None, n: int = 512):
+    """(x, y, objective) of the first n training samples of a zoo's task: what sampling selects on."""
+    from zoo import tasks
+
+    entry = gen.conditions.zoos[zoo]
+    task = tasks.load(entry["task"], entry.get("task_args") or {})
+    return task.x_train[:n], task.y_train[:n], task.objective
+
+
 @torch.no_grad()
-def predict_init(model: nn.Module, hypernet: GraphHyperNetwork | str | Path, *, task: str | None = None,
+def predict_params(gen: Generator, model: nn.Module, condition: torch.Tensor | None, *, zoo: str | None = None,
+                   n: int = 1, seed: int = 0, example_input=None) -> dict[str, torch.Tensor]:
+    """Every parameter of `model` as the generator predicts it (a dict; the model is not modified).
+
+    A GHN predicts deterministically. A diffusion generator draws `n` DDIM samples (seeded) and,
+    for n > 1, keeps the one with the lowest loss on the first 512 training samples of the zoo's
+    task (never test data)."""
+    if isinstance(gen, GraphHyperNetwork):
+        return gen.predict(model, condition, example_input=example_input)
+    from hypernet.tokenizer import TokenLayout, WeightTokenizer
+
+    if not gen.config.tokenizer:
+        raise ZooError("this diffusion generator has no tokenizer statistics; it was not trained on a zoo")
+    tok = WeightTokenizer.from_dict(gen.config.tokenizer)
+    layout = TokenLayout.of(model, tok.token_size)
+    samples = gen.sample(layout.ids(), tok.mask(layout), condition, n=n,
+                         generator=torch.Generator().manual_seed(seed))  # (n, N, k)
+    states = [tok.decode(s.double(), layout) for s in samples]
+    if n == 1:
+        return states[0]
+    from torch.func import functional_call
+
+    x, y, objective = _training_data(gen, zoo)
+    losses = []
+    was = model.training
+    model.eval()
+    for st in states:
+        def fwd(params, buffers, xb, st=st):
+            return functional_call(model, st, (xb[0],)).unsqueeze(0)
+
+        losses.append(float(objective.evaluate(fwd, {}, {}, x, y.unsqueeze(0))["loss"][0]))
+    model.train(was)
+    return states[min(range(n), key=lambda i: losses[i])]
+
+
+@torch.no_grad()
+def predict_init(model: nn.Module, hypernet: Generator | str | Path, *, task: str | None = None,
                  temperature: float | None = None, load: float | None = None, zoo: str | None = None,
-                 example_input=None, calibrate: torch.Tensor | None = None) -> nn.Module:
-    """Fill every parameter of `model` in place with the hypernetwork's prediction and return it.
+                 example_input=None, calibrate: torch.Tensor | None = None, n: int = 1, seed: int = 0) -> nn.Module:
+    """Fill every parameter of `model` in place with the generator's prediction and return it.
 
     task / zoo: which zoo's condition (zoo= when several zoos share a task); temperature / load:
     where on that zoo's plane the model will be trained (e.g. batch size and width). BatchNorm
-    running statistics are reset, or re-estimated on `calibrate` (a tensor of training inputs).
+    running statistics are reset, or re-estimated on `calibrate` (a tensor of training inputs; a
+    diffusion generator re-estimates them on the zoo task's training inputs by default).
     example_input: for models torch.fx cannot trace (hypernet.graph.module_to_graph).
+    n, seed: samples drawn by a diffusion generator (the best by training loss is kept), its seed.
     """
-    ghn = load_hypernet(hypernet)
-    cond, _ = condition_for(ghn, model, task=task, temperature=temperature, load=load, zoo=zoo)
-    params = ghn.predict(model, cond, example_input=example_input)
+    gen = load_hypernet(hypernet)
+    cond, resolved = condition_for(gen, model, task=task, temperature=temperature, load=load, zoo=zoo)
+    params = predict_params(gen, model, cond, zoo=resolved.get("zoo"), n=n, seed=seed, example_input=example_input)
+    if calibrate is None and isinstance(gen, WeightDiffusion) and resolved:
+        calibrate = _training_data(gen, resolved["zoo"])[0]
     for name, p in model.named_parameters():
         if name not in params:
             raise ZooError(f"the hypernetwork predicted no tensor for parameter {name!r}")

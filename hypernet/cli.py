@@ -20,8 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypernet", description="Hypernetworks that learn from a model zoo.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a graph hypernetwork on the cells of a built zoo")
-    t.add_argument("--kind", help="ghn (tiled decoder, GHN-3) or ghn-lowrank (low-rank decoder, LoGAH); "
-                                  "default: the config's kind, else ghn")
+    t.add_argument("--kind", help="ghn (tiled decoder, GHN-3), ghn-lowrank (low-rank decoder, LoGAH) or "
+                                  "diffusion (weight diffusion); default: the config's kind, else ghn")
     t.add_argument("--zoo", default="build/phases", help="zoo dataset folder (default: build/phases)")
     t.add_argument("--out", help="run folder (default: runs/<kind>)")
     t.add_argument("--config", help="hypernet config YAML (default: configs/hypernets/<kind>.yaml)")
@@ -49,16 +49,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a) -> int:
-    from pipelines.fit import load_config, train
+    from pipelines.fit import load_config
 
     cfg = load_config(a.config, a.kind)
+    if cfg.kind == "diffusion":
+        from pipelines.fit_diffusion import train
+    else:
+        from pipelines.fit import train
     if a.steps is not None:
         if a.steps < 1:
             raise ZooError(f"--steps must be >= 1 (got {a.steps})")
         cfg.training.steps = a.steps
     out = Path(a.out or f"runs/{cfg.kind}")
     meta = train(a.zoo, out, cfg, zoos=a.only, resume=a.resume, progress=not a.quiet)
-    print(f"{out}: {cfg.kind}, {meta['n_params']:,} parameters (decoder {meta['decoder_params']:,}), "
+    dec = f" (decoder {meta['decoder_params']:,})" if "decoder_params" in meta else ""
+    print(f"{out}: {cfg.kind}, {meta['n_params']:,} parameters{dec}, "
           f"{meta['steps']} steps in {meta['seconds_this_run']:.0f} s on {len(meta['train_cells'])} training cells; "
           f"held out {len(meta['split']['held_out_cells'])} cells and {len(meta['split']['arch_cases'])} architectures")
     if a.eval:

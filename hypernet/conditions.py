@@ -63,6 +63,7 @@ class ConditionSpec:
             t, l = s.axes.temperature, s.axes.load
             out[s.name] = {
                 "task": s.task,
+                "task_args": dict(s.task_args),
                 "family": s.model.family,
                 "temperature": AxisNorm.fit(t.param, [float(v) for v in t.values]).__dict__,
                 "load": AxisNorm.fit(l.param, [float(v) for v in l.values]).__dict__,

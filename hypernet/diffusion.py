@@ -91,6 +91,12 @@ class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo"
         if isinstance(config, dict):
             config = DiffusionConfig(**config)
         c = self.config = config or DiffusionConfig()
+        if c.conditions:
+            from hypernet.conditions import ConditionSpec
+
+            self.conditions = ConditionSpec.from_dict(c.conditions)
+        else:
+            self.conditions = None
         d = c.d_model
         self.inp = nn.Linear(c.token_size, d)
         self.layer_emb = nn.Embedding(c.max_layers, d)

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hypernet.api import condition_for, load_hypernet
+from hypernet.api import condition_for, load_hypernet, predict_params, reset_batchnorm
+from hypernet.diffusion import WeightDiffusion
 from hypernet.conditions import ConditionSpec
 from pipelines.zoodata import ArchCase, ZooCell, load_cells, make_split, split_digest
 from zoo import nets
@@ -95,7 +96,7 @@ def _score_name(metrics: dict) -> tuple[str, bool]:
 
 
 def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], zoo_root: Path,
-             seeds: list[int], generator_name: str = "hypernet") -> dict:
+             seeds: list[int], generator_name: str = "hypernet", samples: int = 1) -> dict:
     """Train every generator's init on one case; curves and the measures above, per seed."""
     cell = case.cell
     task = cell.load_task()
@@ -108,13 +109,19 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
         labels.append(("random", s))
     # (b) the generator's prediction (one per case: the condition does not depend on the seed)
     cond, resolved = condition_for(ghn, template, zoo=case.zoo, temperature=case.temperature, load=case.load)
-    with torch.no_grad():
-        params = ghn.predict(template, cond)
-    pred = cell.build(case.arch)
-    pred.load_state_dict({**pred.state_dict(), **{k: v.detach() for k, v in params.items()}})
-    for s in seeds:
-        states.append(pred.state_dict())
-        labels.append((generator_name, s))
+    unsupported = None
+    try:
+        params = predict_params(ghn, template, cond, zoo=case.zoo, n=samples, seed=0)
+    except ZooError as e:  # e.g. a diffusion generator asked for a depth it has no statistics for
+        unsupported = str(e)
+    if unsupported is None:
+        pred = cell.build(case.arch)
+        pred.load_state_dict({**pred.state_dict(), **{k: v.detach() for k, v in params.items()}})
+        if isinstance(ghn, WeightDiffusion):  # sampled nets get BatchNorm statistics of the training data
+            reset_batchnorm(pred, task.x_train[:512])
+        for s in seeds:
+            states.append(pred.state_dict())
+            labels.append((generator_name, s))
     # (c) the nearest training cell's trained members (same architecture only)
     near = nearest_cell(case, train_cells, spec)
     if near is not None:
@@ -146,7 +153,8 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
         pop.train_epoch(epoch, on_step=on_step)
     out = {**case.summary(), "metric": f"test_{metric}", "higher_is_better": higher, "steps_total": total,
            "steps_per_epoch": per_epoch, "epochs": epochs, "condition": resolved,
-           "nearest_cell": near.cell if near is not None else None, "generators": {}}
+           "nearest_cell": near.cell if near is not None else None, "generators": {},
+           "unsupported": {generator_name: unsupported} if unsupported else {}}
     finals_a = {s: curves[labels.index(("random", s))][-1][1] for s in seeds}
     for g in dict.fromkeys(lab[0] for lab in labels):
         per_seed = []
@@ -197,7 +205,8 @@ def summarize(results: list[dict], generator: str) -> dict:
         "generator": generator,
         "median_speedup_cells": med("cells", "speedup"),
         "median_speedup_archs": med("archs", "speedup"),
-        "final_acc_delta_median": _median([r["generators"][generator]["final_delta"] for r in results]),
+        "final_acc_delta_median": _median([r["generators"][generator]["final_delta"] for r in results
+                                           if generator in r["generators"]]),
         "final_acc_delta_median_cells": med("cells", "final_delta"),
         "final_acc_delta_median_archs": med("archs", "final_delta"),
         "seed_noise_final_std_median": noise,
@@ -207,9 +216,10 @@ def summarize(results: list[dict], generator: str) -> dict:
                          for g in ("random", generator, "nearest")},
         # cases where the generator's init already scores at least random init's final score
         # before any step, for every seed (their speedup is steps(a) / 1)
-        "at_target_from_step0": {grp: sum(r["group"] == grp and all(x == 0 for x in
-                                                                 r["generators"][generator]["steps_to_target"])
-                                          for r in results) for grp in ("cells", "archs")},
+        "at_target_from_step0": {grp: sum(r["group"] == grp and generator in r["generators"] and all(
+            x == 0 for x in r["generators"][generator]["steps_to_target"]) for r in results) for grp in ("cells", "archs")},
+        # cases the generator cannot produce (excluded from the medians above), with the reason
+        "unsupported": {r["case"]: r["unsupported"][generator] for r in results if r.get("unsupported")},
         "n_cases": {"cells": sum(r["group"] == "cells" for r in results),
                     "archs": sum(r["group"] == "archs" for r in results)},
     }

@@ -49,6 +49,7 @@ from zoo.objectives import Classification
 from zoo.train import population_forward, train_subset
 
 KINDS = {"ghn": "tiled", "ghn-lowrank": "lowrank"}  # kind -> GHN decoder
+ALL_KINDS = (*KINDS, "diffusion")  # diffusion: pipelines.fit_diffusion
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -116,8 +117,8 @@ class HypernetConfig:
 
 def default_config_path(kind: str) -> Path:
     """configs/hypernets/<kind>.yaml, from the source tree or the copy a wheel ships."""
-    if kind not in KINDS:
-        raise ZooError(f"--kind {kind!r} is not valid; valid: {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ZooError(f"--kind {kind!r} is not valid; valid: {', '.join(ALL_KINDS)}")
     name = f"{kind.replace('-', '_')}.yaml"
     source = ROOT / "configs" / "hypernets" / name
     if source.exists():
@@ -127,8 +128,9 @@ def default_config_path(kind: str) -> Path:
     return Path(str(files("zoo._configs.hypernets") / name))
 
 
-def load_config(path: str | Path | None, kind: str | None = None) -> HypernetConfig:
-    """A hypernet config from YAML; without a path the default for `kind`. An explicit --kind wins."""
+def load_config(path: str | Path | None, kind: str | None = None):
+    """A hypernet config from YAML (HypernetConfig, or DiffusionRunConfig for kind diffusion);
+    without a path the default for `kind`. An explicit --kind wins."""
     path = Path(path) if path else default_config_path(kind or "ghn")
     if not path.exists():
         raise ZooError(f"{path}: hypernet config not found")
@@ -140,6 +142,10 @@ def load_config(path: str | Path | None, kind: str | None = None) -> HypernetCon
         raise ZooError(f"{path}: expected a mapping with kind, ghn, training")
     if kind:
         data["kind"] = kind
+    if data.get("kind") == "diffusion":
+        from pipelines.fit_diffusion import DiffusionRunConfig
+
+        return DiffusionRunConfig.from_dict(data, str(path))
     return HypernetConfig.from_dict(data, str(path))
 
 
@@ -281,41 +287,11 @@ class Trainer:
         return self.out / "checkpoint"
 
     def save_checkpoint(self) -> None:
-        tmp = self.out / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in self.ghn.state_dict().items()}, str(tmp / "model.safetensors"))
-        opt_tensors = {}
-        for i, st in self.opt.state_dict()["state"].items():
-            for k, v in st.items():
-                opt_tensors[f"{i}.{k}"] = torch.as_tensor(v).contiguous()
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": self.step, "config": self.config.to_dict(),
-                                                    "split": split_digest(self.split)}, indent=2))
-        old = self.out / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if self._ckpt_dir().exists():
-            self._ckpt_dir().rename(old)
-        tmp.rename(self._ckpt_dir())
-        shutil.rmtree(old, ignore_errors=True)
+        save_checkpoint(self._ckpt_dir(), self.ghn, self.opt,
+                        {"step": self.step, "config": self.config.to_dict(), "split": split_digest(self.split)})
 
     def load_checkpoint(self) -> None:
-        ck = self._ckpt_dir()
-        state = json.loads((ck / "state.json").read_text())
-        if state["config"] != self.config.to_dict():
-            raise ZooError(f"{ck}: was written with a different hypernet config; resume with the same "
-                           f"config, or use a new --out")
-        if state["split"] != split_digest(self.split):
-            raise ZooError(f"{ck}: the zoo's held-out split changed since this run started; use a new --out")
-        self.ghn.load_state_dict(load_file(str(ck / "model.safetensors")))
-        tensors = load_file(str(ck / "optimizer.safetensors"))
-        sd = self.opt.state_dict()
-        st: dict[int, dict] = {}
-        for k, v in tensors.items():
-            i, name = k.split(".", 1)
-            st.setdefault(int(i), {})[name] = v
-        sd["state"] = st
-        self.opt.load_state_dict(sd)
+        state = load_checkpoint(self._ckpt_dir(), self.ghn, self.opt, self.config.to_dict(), split_digest(self.split))
         self.step = int(state["step"])
 
     # -- the loop
@@ -401,6 +377,47 @@ class Trainer:
         }
         (self.out / "hypernet.json").write_text(json.dumps(meta, indent=2) + "\n")
         return meta
+
+
+# ---- checkpoints (shared by every hypernet trainer) --------------------------------------------------
+def save_checkpoint(ck: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """model + optimizer tensors (safetensors) + state.json, swapped in atomically as folder `ck`."""
+    tmp = ck.with_name(ck.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    opt_tensors = {}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            opt_tensors[f"{i}.{k}"] = torch.as_tensor(v).contiguous()
+    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    old = ck.with_name(ck.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ck.exists():
+        ck.rename(old)
+    tmp.rename(ck)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(ck: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict, split: str) -> dict:
+    """Restore what save_checkpoint wrote; refuses a checkpoint of another config or split."""
+    state = json.loads((ck / "state.json").read_text())
+    if state["config"] != config:
+        raise ZooError(f"{ck}: was written with a different hypernet config; resume with the same "
+                       f"config, or use a new --out")
+    if state["split"] != split:
+        raise ZooError(f"{ck}: the zoo's held-out split changed since this run started; use a new --out")
+    model.load_state_dict(load_file(str(ck / "model.safetensors")))
+    tensors = load_file(str(ck / "optimizer.safetensors"))
+    sd = opt.state_dict()
+    st: dict[int, dict] = {}
+    for k, v in tensors.items():
+        i, name = k.split(".", 1)
+        st.setdefault(int(i), {})[name] = v
+    sd["state"] = st
+    opt.load_state_dict(sd)
+    return state
 
 
 def _fused() -> dict:

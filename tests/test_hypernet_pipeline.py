@@ -307,3 +307,55 @@ def test_benchmark_refuses_a_different_zoo(run_dir, tmp_path):
     build(Collection("other", [spec]), other, use_ray=False, progress=False)
     with pytest.raises(ZooError, match="no complete zoo \\['hz'\\]"):
         benchmark(run_dir, other, progress=False)
+
+
+# ---- the diffusion generator through the same pipeline -------------------------------------------------
+def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
+    from hypernet.diffusion import WeightDiffusion
+    from pipelines.fit_diffusion import DiffusionRunConfig
+    from pipelines.fit_diffusion import train as train_diffusion
+
+    cfg = DiffusionRunConfig.from_dict({
+        "kind": "diffusion",
+        "diffusion": {"token_size": 16, "d_model": 32, "layers": 1, "heads": 2, "timesteps": 50, "sample_steps": 5},
+        "training": {"steps": 12, "batch_size": 4, "lr": 3e-3, "warmup": 2, "augment": 0.5,
+                     "checkpoint_every": 6, "log_every": 3},
+    })
+    out = tmp_path / "diff"
+    meta = train_diffusion(zoo_dir, out, cfg, progress=False)
+    assert meta["kind"] == "diffusion" and meta["split"]["held_out_cells"] == ["hz/T0L1"]
+    assert meta["n_training_members"] == 3 * 2  # 3 training cells x 2 seeds
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6, 9, 12] and all(math.isfinite(r["loss"]) for r in log)
+    gen = load_hypernet(out)
+    assert isinstance(gen, WeightDiffusion) and gen.config.family == "mlp" and gen.config.tokenizer
+    # sampling fills every parameter with exactly its shape, for a width the zoo never had
+    model = nets.build("mlp", "mnist1d", width=6, depth=1)
+    shapes = {k: v.shape for k, v in model.named_parameters()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    predict_init(model, gen, temperature=64, load=6, n=2, seed=3)
+    assert {k: v.shape for k, v in model.named_parameters()} == shapes
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    again = predict_init(nets.build("mlp", "mnist1d", width=6, depth=1), str(out), temperature=64, load=6, n=2, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    # the shared benchmark runs on it unchanged
+    doc = benchmark(out, zoo_dir, out=tmp_path / "res", seeds=[0], progress=False)
+    assert doc["kind"] == "diffusion" and doc["summary"]["n_cases"] == {"cells": 1, "archs": 3}
+    assert (tmp_path / "res" / "results.json").exists()
+    # depth 2 was never in this zoo: the tokenizer has no statistics for its extra layer, and the
+    # benchmark records that instead of failing
+    assert list(doc["summary"]["unsupported"]) == ["hz/arch:deeper"]
+    assert "stat key" in doc["summary"]["unsupported"]["hz/arch:deeper"]
+    with pytest.raises(ZooError, match="--resume"):
+        train_diffusion(zoo_dir, out, cfg, progress=False)
+
+
+def test_diffusion_refuses_mixed_families_and_bad_configs():
+    from pipelines.fit_diffusion import DiffusionRunConfig
+
+    with pytest.raises(ZooError, match="unknown diffusion fields \\['dmodel'\\]"):
+        DiffusionRunConfig.from_dict({"diffusion": {"dmodel": 3}})
+    with pytest.raises(ZooError, match="augment must be a probability"):
+        DiffusionRunConfig.from_dict({"training": {"augment": 2}})
+    assert load_config(None, "diffusion").kind == "diffusion"

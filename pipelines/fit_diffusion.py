@@ -1,0 +1,266 @@
+"""`hypernet train --kind diffusion`: fit the diffusion weight generator to the trained members of a zoo.
+
+Data. The final checkpoints of the training cells' members (held-out cells and architectures of
+pipelines.zoodata.make_split are never seen), all of one model family. Per architecture, every
+member is brought to a canonical form by weight matching to a reference (hypernet.symmetry; the
+reference is the seed-0 member of that architecture's cell nearest the middle of the temperature
+axis), then cut into tokens (hypernet.tokenizer) standardized with statistics pooled over the zoo.
+
+Training. DDPM ε-loss (hypernet.diffusion, diffusers' schedulers). Each step draws one architecture
+(with probability proportional to its number of members) and a batch of its members with
+replacement; with probability `augment` a member is randomly permuted (hypernet.symmetry) before
+tokenizing, so the generator also sees non-canonical nets. The condition is the member's cell
+(zoo, temperature, load; hypernet.conditions). AdamW, warm-up + cosine decay, clipping,
+checkpoints and exact resume as in pipelines.fit.
+
+Run folder: config.json + model.safetensors (WeightDiffusion, with the tokenizer's statistics and
+the references' ids in its config), hypernet.json (same fields as a GHN run, so `hypernet eval`
+runs the shared benchmark), log.jsonl, checkpoint/.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hypernet.conditions import ConditionSpec
+from hypernet.diffusion import DiffusionConfig, WeightDiffusion
+from hypernet.symmetry import SUPPORTED, canonicalize, perm_groups, permute, random_permutation
+from hypernet.tokenizer import TokenLayout, WeightTokenizer
+from pipelines.fit import _fused, _progress, check_out, load_checkpoint, save_checkpoint
+from pipelines.zoodata import ZooCell, load_cells, make_split, split_digest, zoo_specs
+from zoo import store
+from zoo.errors import ZooError
+
+
+@dataclass
+class DiffusionTrainConfig:
+    steps: int = 3000
+    batch_size: int = 16  # members per step (one architecture per step)
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup: int = 100
+    min_lr_ratio: float = 0.05
+    clip: float = 1.0
+    augment: float = 0.1  # probability that a member is randomly permuted instead of canonical
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+
+@dataclass
+class DiffusionRunConfig:
+    kind: str = "diffusion"
+    diffusion: dict = field(default_factory=dict)  # DiffusionConfig fields (conditions, tokenizer, family are set here)
+    training: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "<config>") -> DiffusionRunConfig:
+        d = dict(d or {})
+        unknown = sorted(set(d) - {"kind", "diffusion", "training"})
+        if unknown:
+            raise ZooError(f"{source}: unknown fields {unknown}; valid: kind, diffusion, training")
+        if d.get("kind", "diffusion") != "diffusion":
+            raise ZooError(f"{source}: kind {d.get('kind')!r}; this config is for kind diffusion")
+        diff = dict(d.get("diffusion") or {})
+        valid = {f.name for f in fields(DiffusionConfig)} - {"conditions", "n_conditions", "tokenizer", "family"}
+        bad = sorted(set(diff) - valid)
+        if bad:
+            raise ZooError(f"{source}: unknown diffusion fields {bad}; valid: {', '.join(sorted(valid))}")
+        tr = dict(d.get("training") or {})
+        valid_t = {f.name for f in fields(DiffusionTrainConfig)}
+        bad = sorted(set(tr) - valid_t)
+        if bad:
+            raise ZooError(f"{source}: unknown training fields {bad}; valid: {', '.join(sorted(valid_t))}")
+        t = DiffusionTrainConfig(**tr)
+        for k in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(t, k) < 1:
+                raise ZooError(f"{source}: training.{k} must be >= 1 (got {getattr(t, k)})")
+        if not 0 <= t.augment <= 1:
+            raise ZooError(f"{source}: training.augment must be a probability in [0, 1] (got {t.augment})")
+        DiffusionConfig(**diff)  # field checks with readable messages
+        return cls("diffusion", diff, t)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "diffusion": self.diffusion, "training": asdict(self.training)}
+
+
+@dataclass
+class _Arch:
+    key: str
+    cell: ZooCell  # the reference's cell
+    module: nn.Module
+    layout: TokenLayout
+    reference: dict[str, torch.Tensor]
+    members: list[tuple[dict[str, torch.Tensor], torch.Tensor]]  # (canonical state, condition)
+
+
+def arch_key(cell: ZooCell, arch: dict | None = None) -> str:
+    return json.dumps({"zoo": cell.zoo, "task_args": cell.task_args, **(arch or cell.arch)}, sort_keys=True)
+
+
+class DiffusionTrainer:
+    def __init__(self, zoo_dir: str | Path, out: str | Path, config: DiffusionRunConfig,
+                 zoos: list[str] | None = None, progress: bool = True):
+        self.root, self.out, self.config, self.progress = Path(zoo_dir), Path(out), config, progress
+        specs = [s for s in zoo_specs(self.root) if not zoos or s.name in zoos]
+        families = sorted({s.model.family for s in specs})
+        if len(families) != 1:
+            raise ZooError(f"{self.root}: a diffusion generator serves one model family; these zoos have "
+                           f"{', '.join(families)}: pick zoos of one family with --only")
+        self.family = families[0]
+        if self.family not in SUPPORTED:
+            raise ZooError(f"a diffusion generator needs canonicalization, which supports {', '.join(SUPPORTED)}; "
+                           f"the zoo's family is {self.family}")
+        self.cells = load_cells(self.root, [s.name for s in specs])
+        self.split = make_split(self.cells)
+        held = set(self.split.held_out_cells)
+        self.train_cells = [c for c in self.cells if c.key not in held and c.rows]
+        if not self.train_cells:
+            raise ZooError(f"{self.root}: no trained cells left for training after the held-out split")
+        self.conditions = ConditionSpec.from_zoos(specs)
+        token_size = DiffusionConfig(**config.diffusion).token_size
+        self.archs = self._prepare(token_size)
+        states = [s for a in self.archs.values() for s, _ in a.members]
+        layouts = [a.layout for a in self.archs.values() for _ in a.members]
+        self.tokenizer = WeightTokenizer(token_size).fit(states, layouts)
+        references = {k: {"zoo": a.cell.zoo, "cell": a.cell.cell, "model_id": a.cell.rows[0]["model_id"]}
+                      for k, a in self.archs.items()}
+        torch.manual_seed(config.training.seed)
+        self.model = WeightDiffusion(DiffusionConfig(**config.diffusion, conditions=self.conditions.to_dict(),
+                                                     tokenizer=self.tokenizer.to_dict(), family=self.family))
+        self.references = references
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            (decay if p.dim() >= 2 and "emb" not in n else no_decay).append(p)
+        t = config.training
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, **_fused())
+        self.step = 0
+
+    def _prepare(self, token_size: int) -> dict[str, _Arch]:
+        """Canonical states and conditions of every training member, grouped by architecture."""
+        by_arch: dict[str, list[ZooCell]] = {}
+        for c in self.train_cells:
+            by_arch.setdefault(arch_key(c), []).append(c)
+        out = {}
+        for key, cells in by_arch.items():
+            temps = sorted({c.temperature for c in cells})
+            mid = temps[len(temps) // 2]
+            ref_cell = min(cells, key=lambda c: (abs(math.log(c.temperature / mid)) if mid > 0 else 0, c.cell))
+            module = ref_cell.build()
+            reference = ref_cell.states(self.root)[0]
+            members = []
+            for c in cells:
+                cond = self.conditions.vector(c.zoo, c.temperature, c.load)
+                for st in c.states(self.root):
+                    members.append((canonicalize(st, reference, module), cond))
+            out[key] = _Arch(key, ref_cell, module, TokenLayout.of(module, token_size), reference, members)
+        return out
+
+    def lr_at(self, step: int) -> float:
+        t = self.config.training
+        if step < t.warmup:
+            return t.lr * (step + 1) / t.warmup
+        frac = (step - t.warmup) / max(1, t.steps - t.warmup)
+        return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    def batch(self, gen: torch.Generator):
+        """One architecture's batch: x0 (B, N, k), ids (N, 4), mask (B, N, k), condition (B, c)."""
+        keys = list(self.archs)
+        weights = torch.tensor([len(self.archs[k].members) for k in keys], dtype=torch.float64)
+        a = self.archs[keys[int(torch.multinomial(weights, 1, generator=gen))]]
+        B = self.config.training.batch_size
+        pick = torch.randint(0, len(a.members), (B,), generator=gen).tolist()
+        xs, conds = [], []
+        groups = None
+        for i in pick:
+            state, cond = a.members[i]
+            if self.config.training.augment and float(torch.rand((), generator=gen)) < self.config.training.augment:
+                groups = groups or perm_groups(a.module)
+                state = permute(state, groups, random_permutation(groups, gen))
+            xs.append(self.tokenizer.encode(state, a.layout).float())
+            conds.append(cond)
+        mask = self.tokenizer.mask(a.layout)
+        x0 = torch.stack(xs)
+        return x0, a.layout.ids(), mask.expand_as(x0), torch.stack(conds)
+
+    def train(self, resume: bool = False) -> dict:
+        t = self.config.training
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_path, ck = self.out / "log.jsonl", self.out / "checkpoint"
+        digest = split_digest(self.split)
+        if resume and ck.exists():
+            self.step = int(load_checkpoint(ck, self.model, self.opt, self.config.to_dict(), digest)["step"])
+            if log_path.exists():
+                keep = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
+                log_path.write_text("".join(ln + "\n" for ln in keep))
+        elif log_path.exists():
+            log_path.unlink()
+        start, t0 = self.step, time.perf_counter()
+        bar = _progress(self.progress)
+        task_id = bar.add_task("diffusion train", total=t.steps, completed=start, info="") if bar else None
+        if bar:
+            bar.start()
+        acc, n = 0.0, 0
+        try:
+            while self.step < t.steps:
+                s = self.step
+                gen = torch.Generator().manual_seed(t.seed * 1_000_003 + s)
+                x0, ids, mask, cond = self.batch(gen)
+                for g in self.opt.param_groups:
+                    g["lr"] = self.lr_at(s)
+                self.opt.zero_grad(set_to_none=True)
+                loss = self.model.loss(x0, ids, mask, cond, generator=gen)
+                if not torch.isfinite(loss):
+                    raise ZooError(f"diffusion training diverged at step {s}; lower training.lr")
+                loss.backward()
+                gnorm = float(nn.utils.clip_grad_norm_(self.model.parameters(), t.clip))
+                self.opt.step()
+                self.step = s + 1
+                acc, n = acc + float(loss.detach()), n + 1
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    rec = {"step": self.step, "loss": acc / n, "lr": self.lr_at(s), "grad_norm": gnorm,
+                           "tokens": int(x0.shape[1]), "seconds": time.perf_counter() - t0}
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    acc, n = 0.0, 0
+                    if bar:
+                        bar.update(task_id, info=f"loss {rec['loss']:.4f}")
+                if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+                    save_checkpoint(ck, self.model, self.opt,
+                                    {"step": self.step, "config": self.config.to_dict(), "split": digest})
+                if bar:
+                    bar.update(task_id, completed=self.step)
+        finally:
+            if bar:
+                bar.stop()
+        self.model.save_pretrained(self.out)
+        meta = {
+            "kind": "diffusion",
+            "config": self.config.to_dict(),
+            "zoo": str(self.root.resolve()),
+            "zoo_manifest_sha256": store.sha256_file(self.root / "manifest.json"),
+            "split": self.split.to_json(),
+            "train_cells": [c.key for c in self.train_cells],
+            "references": self.references,
+            "n_params": self.model.n_params(),
+            "n_training_members": sum(len(a.members) for a in self.archs.values()),
+            "steps": self.step,
+            "seconds_this_run": time.perf_counter() - t0,
+            "resumed_from": start,
+        }
+        (self.out / "hypernet.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
+
+
+def train(zoo_dir: str | Path, out: str | Path, config: DiffusionRunConfig, zoos: list[str] | None = None,
+          resume: bool = False, progress: bool = True) -> dict:
+    out = Path(out)
+    check_out(out, resume)
+    return DiffusionTrainer(zoo_dir, out, config, zoos=zoos, progress=progress).train(resume=resume)
