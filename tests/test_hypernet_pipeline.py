@@ -342,6 +342,10 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     # the shared benchmark runs on it unchanged
     doc = benchmark(out, zoo_dir, out=tmp_path / "res", seeds=[0], progress=False)
     assert doc["kind"] == "diffusion" and doc["summary"]["n_cases"] == {"cells": 1, "archs": 3}
+    mem = doc["memorization"]  # T0L1 (width 8) has a trained architecture: T1L1
+    assert mem["nn_distance_ratio_median"] > 0 and len(mem["per_case"][0]["nn_distance_ratio"]) == 4
+    assert mem["baseline_trained_plus_noise_median"] < mem["baseline_cell_average_median"]
+    assert 0 <= mem["agreement_with_nearest_median"] <= 1
     assert (tmp_path / "res" / "results.json").exists()
     # depth 2 was never in this zoo: the tokenizer has no statistics for its extra layer, and the
     # benchmark records that instead of failing
