@@ -85,18 +85,9 @@ class HypernetConfig:
         kind = d.get("kind", "ghn")
         if kind not in KINDS:
             raise ZooError(f"{source}: kind {kind!r} is not valid; valid: {', '.join(KINDS)}")
-        ghn = dict(d.get("ghn") or {})
-        valid = {f.name for f in fields(GHNConfig)} - {"conditions", "n_conditions", "decoder"}
-        bad = sorted(set(ghn) - valid)
-        if bad:
-            raise ZooError(f"{source}: unknown ghn fields {bad}; valid: {', '.join(sorted(valid))} "
-                           "(decoder is set by kind, the conditions by the zoo)")
-        tr = dict(d.get("training") or {})
-        valid_t = {f.name for f in fields(TrainConfig)}
-        bad = sorted(set(tr) - valid_t)
-        if bad:
-            raise ZooError(f"{source}: unknown training fields {bad}; valid: {', '.join(sorted(valid_t))}")
-        t = TrainConfig(**tr)
+        ghn = section(d, "ghn", GHNConfig, source, exclude={"conditions", "n_conditions", "decoder"},
+                      hint=" (decoder is set by kind, the conditions by the zoo)")
+        t = TrainConfig(**section(d, "training", TrainConfig, source))
         for k in ("steps", "meta_batch", "batch_size", "checkpoint_every", "log_every"):
             if getattr(t, k) < 1:
                 raise ZooError(f"{source}: training.{k} must be >= 1 (got {getattr(t, k)})")
@@ -113,6 +104,17 @@ class HypernetConfig:
 
     def ghn_config(self, conditions: ConditionSpec) -> GHNConfig:
         return GHNConfig(**self.ghn, decoder=KINDS[self.kind], conditions=conditions.to_dict())
+
+
+def section(d: dict, name: str, cls, source: str, exclude: set[str] = frozenset(), hint: str = "") -> dict:
+    """d[name] as a dict whose keys are fields of dataclass `cls` (minus `exclude`); else a ZooError
+    naming the unknown fields and the valid ones."""
+    part = dict(d.get(name) or {})
+    valid = {f.name for f in fields(cls)} - set(exclude)
+    bad = sorted(set(part) - valid)
+    if bad:
+        raise ZooError(f"{source}: unknown {name} fields {bad}; valid: {', '.join(sorted(valid))}{hint}")
+    return part
 
 
 def default_config_path(kind: str) -> Path:
@@ -231,11 +233,7 @@ class Trainer:
         return self._data[cell.key]
 
     def lr_at(self, step: int) -> float:
-        t = self.config.training
-        if step < t.warmup:
-            return t.lr * (step + 1) / t.warmup
-        frac = (step - t.warmup) / max(1, t.steps - t.warmup)
-        return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        return warmup_cosine(step, self.config.training)
 
     # -- one cell's loss
     def cell_loss(self, cell: ZooCell, gen: torch.Generator) -> tuple[torch.Tensor, float, float]:
@@ -303,9 +301,7 @@ class Trainer:
         log_path = self.out / "log.jsonl"
         if resume and self._ckpt_dir().exists():
             self.load_checkpoint()
-            if log_path.exists():  # drop log lines past the checkpoint (they will be written again)
-                keep = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
-                log_path.write_text("".join(ln + "\n" for ln in keep))
+            trim_log(log_path, self.step)
         elif log_path.exists():
             log_path.unlink()
         start, t0 = self.step, time.perf_counter()
@@ -379,7 +375,22 @@ class Trainer:
         return meta
 
 
-# ---- checkpoints (shared by every hypernet trainer) --------------------------------------------------
+# ---- shared by every hypernet trainer -------------------------------------------------------------------
+def warmup_cosine(step: int, t) -> float:
+    """Learning rate at `step`: linear warm-up over t.warmup steps, then cosine decay to t.lr * t.min_lr_ratio."""
+    if step < t.warmup:
+        return t.lr * (step + 1) / t.warmup
+    frac = (step - t.warmup) / max(1, t.steps - t.warmup)
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def trim_log(log_path: Path, step: int) -> None:
+    """On resume: drop log lines past the checkpoint's step (they will be written again)."""
+    if log_path.exists():
+        keep = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        log_path.write_text("".join(ln + "\n" for ln in keep))
+
+
 def save_checkpoint(ck: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
     """model + optimizer tensors (safetensors) + state.json, swapped in atomically as folder `ck`."""
     tmp = ck.with_name(ck.name + ".tmp")

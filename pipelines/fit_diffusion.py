@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ from hypernet.conditions import ConditionSpec
 from hypernet.diffusion import DiffusionConfig, WeightDiffusion
 from hypernet.symmetry import SUPPORTED, canonicalize, perm_groups, permute, random_permutation
 from hypernet.tokenizer import TokenLayout, WeightTokenizer
-from pipelines.fit import _fused, _progress, check_out, load_checkpoint, save_checkpoint
+from pipelines.fit import (_fused, _progress, check_out, load_checkpoint, save_checkpoint, section, trim_log,
+                           warmup_cosine)
 from pipelines.zoodata import ZooCell, load_cells, make_split, split_digest, zoo_specs
 from zoo import store
 from zoo.errors import ZooError
@@ -67,17 +68,9 @@ class DiffusionRunConfig:
             raise ZooError(f"{source}: unknown fields {unknown}; valid: kind, diffusion, training")
         if d.get("kind", "diffusion") != "diffusion":
             raise ZooError(f"{source}: kind {d.get('kind')!r}; this config is for kind diffusion")
-        diff = dict(d.get("diffusion") or {})
-        valid = {f.name for f in fields(DiffusionConfig)} - {"conditions", "n_conditions", "tokenizer", "family"}
-        bad = sorted(set(diff) - valid)
-        if bad:
-            raise ZooError(f"{source}: unknown diffusion fields {bad}; valid: {', '.join(sorted(valid))}")
-        tr = dict(d.get("training") or {})
-        valid_t = {f.name for f in fields(DiffusionTrainConfig)}
-        bad = sorted(set(tr) - valid_t)
-        if bad:
-            raise ZooError(f"{source}: unknown training fields {bad}; valid: {', '.join(sorted(valid_t))}")
-        t = DiffusionTrainConfig(**tr)
+        diff = section(d, "diffusion", DiffusionConfig, source,
+                       exclude={"conditions", "n_conditions", "tokenizer", "family"})
+        t = DiffusionTrainConfig(**section(d, "training", DiffusionTrainConfig, source))
         for k in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(t, k) < 1:
                 raise ZooError(f"{source}: training.{k} must be >= 1 (got {getattr(t, k)})")
@@ -164,11 +157,7 @@ class DiffusionTrainer:
         return out
 
     def lr_at(self, step: int) -> float:
-        t = self.config.training
-        if step < t.warmup:
-            return t.lr * (step + 1) / t.warmup
-        frac = (step - t.warmup) / max(1, t.steps - t.warmup)
-        return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        return warmup_cosine(step, self.config.training)
 
     def batch(self, gen: torch.Generator):
         """One architecture's batch: x0 (B, N, k), ids (N, 4), mask (B, N, k), condition (B, c)."""
@@ -197,9 +186,7 @@ class DiffusionTrainer:
         digest = split_digest(self.split)
         if resume and ck.exists():
             self.step = int(load_checkpoint(ck, self.model, self.opt, self.config.to_dict(), digest)["step"])
-            if log_path.exists():
-                keep = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
-                log_path.write_text("".join(ln + "\n" for ln in keep))
+            trim_log(log_path, self.step)
         elif log_path.exists():
             log_path.unlink()
         start, t0 = self.step, time.perf_counter()
