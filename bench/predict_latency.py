@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     first = next(iter(ghns))
     summary = {
         "bench": "predict_latency",
-        "hypernets": {k: {"n_params": g.n_params(), "decoder": g.config.decoder} for k, g in ghns.items()},
+        "hypernets": {k: {"n_params": g.n_params(), "decoder": getattr(g.config, "decoder", "diffusion")}
+                      for k, g in ghns.items()},
         "median_ms": statistics.median(r[f"{first}_ms"] for r in rows),
         "median_ms_by_hypernet": {k: statistics.median(r[f"{k}_ms"] for r in rows) for k in ghns},
         "median_random_init_ms": statistics.median(r["random_ms"] for r in rows),

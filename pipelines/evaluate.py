@@ -169,13 +169,22 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
         rec["final"] = float(np.mean([p["final"] for p in ps]))
         rec["at_step"] = {k: float(np.mean([p["at_step"][k] for p in ps])) for k in ps[0]["at_step"]}
         rec["steps_to_target"] = [p["steps_to_target"] for p in ps]
-        sp = [max(1, b["steps_to_target"]) / max(1, p["steps_to_target"]) if p["steps_to_target"] is not None
-              else max(1, b["steps_to_target"]) / total for p, b in zip(ps, base)]
+        sp = [_speedup(b["steps_to_target"], p["steps_to_target"], total) for p, b in zip(ps, base)]
         rec["speedup"] = float(np.median(sp))
         rec["speedup_per_seed"] = sp
         rec["reached"] = all(p["steps_to_target"] is not None for p in ps)
         rec["final_delta"] = float(np.mean([p["final"] - b["final"] for p, b in zip(ps, base)]))
     return out
+
+
+def _speedup(steps_a: int | None, steps_b: int | None, total: int) -> float:
+    """steps(a) / steps(b), both at least 1; steps(a) / total when (b) never reaches the target;
+    NaN when (a) has no final score to aim at (it diverged)."""
+    if steps_a is None:
+        return float("nan")
+    if steps_b is None:
+        return max(1, steps_a) / total
+    return max(1, steps_a) / max(1, steps_b)
 
 
 def _measures(curve: list[tuple[int, float]], target: float, higher: bool, total: int, diverged) -> dict:

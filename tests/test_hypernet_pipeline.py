@@ -363,3 +363,13 @@ def test_diffusion_refuses_mixed_families_and_bad_configs():
     with pytest.raises(ZooError, match="augment must be a probability"):
         DiffusionRunConfig.from_dict({"training": {"augment": 2}})
     assert load_config(None, "diffusion").kind == "diffusion"
+
+
+def test_speedup_rule():
+    from pipelines.evaluate import _speedup
+
+    assert _speedup(384, 0, 640) == 384.0  # at the target before any step: counted as one step
+    assert _speedup(0, 0, 640) == 1.0  # random init at its own final score from the start
+    assert _speedup(300, 100, 600) == 3.0
+    assert _speedup(300, None, 600) == 0.5  # never reached: an upper bound, steps(a) / total
+    assert math.isnan(_speedup(None, 3, 10))  # random init diverged: no target
