@@ -41,8 +41,8 @@ from zoo import nets, tasks  # noqa: E402
 from zoo.spec import load_config as load_collection  # noqa: E402
 
 
-def architectures(collection) -> list[tuple[str, dict, dict, float, float]]:
-    """(zoo, arch, task_args, temperature, load) for every distinct architecture of every zoo."""
+def architectures(collection) -> list[tuple]:
+    """(zoo spec, arch, task_args, temperature, load) for every distinct architecture of every zoo."""
     out, seen = [], set()
     for spec in collection.zoos:
         for c in spec.cells():
@@ -51,7 +51,7 @@ def architectures(collection) -> list[tuple[str, dict, dict, float, float]]:
             if key in seen:
                 continue
             seen.add(key)
-            out.append((spec.name, m.arch, m.task_args, float(c.temperature), float(c.load)))
+            out.append((spec, m.arch, m.task_args, float(c.temperature), float(c.load)))
     return out
 
 
@@ -84,12 +84,13 @@ def main(argv=None) -> int:
     rows = []
     print(f"{'zoo':16s} {'architecture':44s} {'params':>9s} {'random ms':>10s} " +
           " ".join(f"{k + ' ms':>16s}" for k in ghns) + "  ratio")
-    for zoo, arch, task_args, temp, load in architectures(collection):
+    for spec, arch, task_args, temp, load in architectures(collection):
+        zoo = spec.name
         if not all(zoo in g.conditions.zoos for g in ghns.values()):
             continue
-        task = tasks.load(collection.zoos[[z.name for z in collection.zoos].index(zoo)].task, task_args)
+        task = tasks.load(spec.task, task_args)
         knobs = {k: v for k, v in arch.items() if k != "family"}
-        init = next(z for z in collection.zoos if z.name == zoo).model.init
+        init = spec.model.init
 
         def fresh():
             return nets.build(arch["family"], task, **knobs)

@@ -132,9 +132,7 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
     for g, s in labels:
         members.append(MemberConfig(f"{g}/{s}", s, float(common["lr"]), float(common["weight_decay"]),
                                     float(common["label_noise"])))
-    pop = Population(task, case.arch, cell.init, common, members, states=[
-        {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for k, v in st.items()}
-        for st in states])
+    pop = Population(task, case.arch, cell.init, common, members, states=states)
     epochs = int(common["epochs"])
     per_epoch = pop.n_steps_per_epoch
     total = per_epoch * epochs

@@ -89,7 +89,6 @@ class _Arch:
     cell: ZooCell  # the reference's cell
     module: nn.Module
     layout: TokenLayout
-    reference: dict[str, torch.Tensor]
     members: list[tuple[dict[str, torch.Tensor], torch.Tensor]]  # (canonical state, condition)
 
 
@@ -147,13 +146,11 @@ class DiffusionTrainer:
             mid = temps[len(temps) // 2]
             ref_cell = min(cells, key=lambda c: (abs(math.log(c.temperature / mid)) if mid > 0 else 0, c.cell))
             module = ref_cell.build()
-            reference = ref_cell.states(self.root)[0]
-            members = []
-            for c in cells:
-                cond = self.conditions.vector(c.zoo, c.temperature, c.load)
-                for st in c.states(self.root):
-                    members.append((canonicalize(st, reference, module), cond))
-            out[key] = _Arch(key, ref_cell, module, TokenLayout.of(module, token_size), reference, members)
+            states = {c.key: c.states(self.root) for c in cells}  # each cell's shards read once
+            reference = states[ref_cell.key][0]
+            members = [(canonicalize(st, reference, module), self.conditions.vector(c.zoo, c.temperature, c.load))
+                       for c in cells for st in states[c.key]]
+            out[key] = _Arch(key, ref_cell, module, TokenLayout.of(module, token_size), members)
         return out
 
     def lr_at(self, step: int) -> float:

@@ -252,15 +252,7 @@ class Population:
     @torch.no_grad()
     def _evaluate_all(self) -> dict[str, torch.Tensor]:
         """Vectorized per-epoch evaluation: (M,) tensors of every metric on train and test."""
-        self.template.eval()
-        M = len(self.members)
-        out = {}
-        for split, x, y in (("train", self.x, self.y),
-                            ("test", self.task.x_test, self.task.y_test.expand(M, *self.task.y_test.shape))):
-            for k, v in self.objective.evaluate(self._fwd, self.params, self.buffers, x, y).items():
-                out[f"{split}_{k}"] = v
-        self.template.train()
-        return out
+        return {f"{split}_{k}": v for split in ("train", "test") for k, v in self.evaluate_split(split).items()}
 
     @torch.no_grad()
     def evaluate_split(self, split: str = "test") -> dict[str, torch.Tensor]:
