@@ -43,18 +43,30 @@ pass parameters only): with P the name without its last component,
 This agrees with the module rule on the zoo's six families (mlp, cnn, resnet, vit, gpt, pinn).
 Layer = index of P among the distinct module names in order of first appearance (0..L-1).
 
-Statistics. One (mean, std) per stat key f"{layer}:{kind name}", e.g. "1:linear_weight", pooled over
+Statistics (pool="layer", the default). One (mean, std) per stat key f"{layer}:{kind name}", e.g. "1:linear_weight", pooled over
 every value of every fitted state: the same position in different widths of a family pools together
 (fc1 of widths 4 and 8 share "1:linear_weight"), so one tokenizer serves the whole width axis. Nets
 of different depths share keys by position, so the head of a depth-2 MLP pools with fc2 of a depth-3
 one: fit one tokenizer per depth if that matters. Population std (ddof 0) in float64, floored:
 std < 1e-8 (a constant kind, e.g. zero biases at init) -> 1.0.
 
+Width-aware options (what the diffusion generator uses):
+- scale="fan_in": a weight is multiplied by sqrt(fan_in) (its row length: in_features, or
+  in_channels/groups x kernel) and a bias by the sqrt(fan_in) of its module's weight before the
+  statistics; norm parameters, embeddings and free parameters are not scaled. Inits and trained
+  nets scale as 1/sqrt(fan_in), so every width then has tokens of about the same spread, where the
+  pooled statistics alone leave a width-4 and a width-256 layer 8x apart.
+- pool="role": stat keys f"{role}:{kind}" with role first (the first parameterized module), last
+  (the last one) or hidden (every other): nets deeper than any fitted one reuse the hidden
+  statistics instead of failing on an unknown layer index.
+
 Exactness. encode computes y = x/s - m/s in float64 and decode x = (y + m/s)·s, then casts: for a
 float32 x this returns x bitwise (torch.equal) whenever x == 0 or |x| >= ~2^-27·|m| (the float64
 rounding error is then below half a float32 ulp). Writing (x - m)/s the other way round would turn
 x = 0 into ±1e-20-ish garbage when m != 0 (e.g. zero biases of an init encoded with statistics of
-trained nets). Encode to float64 (the default) for exactness: float32 tokens lose it.
+trained nets). With scale="fan_in" the factor c = sqrt(fan_in) folds into the same two steps,
+y = x·(c/s) − m/s and x = (y + m/s)·(s/c). Encode to float64 (the default) for exactness: float32
+tokens lose it.
 """
 from __future__ import annotations
 
@@ -71,6 +83,8 @@ from zoo.errors import ZooError
 KINDS: tuple[str, ...] = ("linear_weight", "conv_weight", "bias", "norm_weight", "norm_bias", "embedding", "free")
 _K = {k: i for i, k in enumerate(KINDS)}
 STD_FLOOR = 1e-8
+SCALES = ("none", "fan_in")
+POOLS = ("layer", "role")
 
 _NORMS: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 if hasattr(nn, "RMSNorm"):
@@ -225,8 +239,14 @@ class TokenLayout:
 class WeightTokenizer:
     """Standardize + cut parameters into tokens and back; statistics pooled per stat key."""
 
-    def __init__(self, token_size: int = 32, stats: dict[str, tuple[float, float]] | None = None):
+    def __init__(self, token_size: int = 32, stats: dict[str, tuple[float, float]] | None = None,
+                 scale: str = "none", pool: str = "layer"):
         self.token_size = _check_token_size(token_size)
+        if scale not in SCALES:
+            raise ZooError(f"tokenizer scale {scale!r} is not valid; valid: {', '.join(SCALES)}")
+        if pool not in POOLS:
+            raise ZooError(f"tokenizer pool {pool!r} is not valid; valid: {', '.join(POOLS)}")
+        self.scale, self.pool = scale, pool
         self.stats: dict[str, tuple[float, float]] = {}
         for k, v in (stats or {}).items():
             try:
@@ -238,15 +258,37 @@ class WeightTokenizer:
             self.stats[str(k)] = (m, s)
 
     def __repr__(self) -> str:
-        return f"WeightTokenizer(token_size={self.token_size}, stats={len(self.stats)} keys)"
+        return (f"WeightTokenizer(token_size={self.token_size}, scale={self.scale!r}, pool={self.pool!r}, "
+                f"stats={len(self.stats)} keys)")
 
     def layout(self, module_or_shapes) -> TokenLayout:
         """TokenLayout.of with this tokenizer's token_size."""
         return TokenLayout.of(module_or_shapes, self.token_size)
 
-    def stat_key(self, seg: Segment) -> str:
-        """f"{layer}:{kind name}": one layer position of a family pools over widths."""
-        return f"{seg.layer}:{KINDS[seg.kind]}"
+    def stat_key(self, seg: Segment, layout: TokenLayout | None = None) -> str:
+        """pool="layer": f"{layer}:{kind name}", one layer position of a family pools over widths.
+        pool="role": f"{first|hidden|last}:{kind name}" (needs the layout to know the last layer)."""
+        if self.pool == "layer":
+            return f"{seg.layer}:{KINDS[seg.kind]}"
+        if layout is None:
+            raise ZooError("stat_key with pool='role' needs the segment's layout")
+        role = "first" if seg.layer == 0 else "last" if seg.layer == layout.n_layers - 1 else "hidden"
+        return f"{role}:{KINDS[seg.kind]}"
+
+    def factor(self, seg: Segment, layout: TokenLayout) -> float:
+        """The scale factor c applied before standardization: sqrt(fan_in) or 1 (module docstring)."""
+        if self.scale == "none":
+            return 1.0
+        kind = KINDS[seg.kind]
+        if kind in ("linear_weight", "conv_weight"):
+            return math.sqrt(max(seg.row_len, 1))
+        if kind == "bias":
+            prefix = seg.name.rpartition(".")[0]
+            for w in layout.segments:
+                if w.layer == seg.layer and w.name.rpartition(".")[0] == prefix and \
+                        KINDS[w.kind] in ("linear_weight", "conv_weight"):
+                    return math.sqrt(max(w.row_len, 1))
+        return 1.0
 
     # -- checks
     def _check_layout(self, layout: TokenLayout) -> None:
@@ -264,8 +306,8 @@ class WeightTokenizer:
             raise ZooError(f"state tensor {seg.name!r} has shape {tuple(t.shape)} but the layout expects {seg.shape}")
         return t.detach()
 
-    def _stat(self, seg: Segment) -> tuple[float, float]:
-        key = self.stat_key(seg)
+    def _stat(self, seg: Segment, layout: TokenLayout) -> tuple[float, float]:
+        key = self.stat_key(seg, layout)
         if key not in self.stats:
             known = ", ".join(sorted(self.stats, key=_key_order)) or "none (call fit() first)"
             raise ZooError(f"tokenizer has no statistics for stat key {key!r} (tensor {seg.name!r}); known keys: {known}")
@@ -283,10 +325,10 @@ class WeightTokenizer:
         for i, (state, layout) in enumerate(zip(states, layouts)):
             self._check_layout(layout)
             for seg in layout.segments:
-                x = self._tensor(state, seg).to(torch.float64).reshape(-1)
+                x = self._tensor(state, seg).to(torch.float64).reshape(-1) * self.factor(seg, layout)
                 if not bool(torch.isfinite(x).all()):
                     raise ZooError(f"fit: tensor {seg.name!r} of state {i} has non-finite values")
-                groups.setdefault(self.stat_key(seg), []).append(x)
+                groups.setdefault(self.stat_key(seg, layout), []).append(x)
         stats = {}
         for key in sorted(groups, key=_key_order):
             xs = groups[key]
@@ -308,13 +350,15 @@ class WeightTokenizer:
         self._check_layout(layout)
         ts = self.token_size
         tensors = [self._tensor(state, seg) for seg in layout.segments]
-        stats = [self._stat(seg) for seg in layout.segments]
+        stats = [self._stat(seg, layout) for seg in layout.segments]
         device = tensors[0].device if tensors else None
         out = torch.zeros(layout.n_tokens, ts, dtype=torch.float64, device=device)
         for seg, t, (m, s) in zip(layout.segments, tensors, stats):
             if not seg.n_tokens:
                 continue
-            y = t.to(device=device, dtype=torch.float64).reshape(seg.n_rows, seg.row_len) / s - m / s
+            c = self.factor(seg, layout)
+            x = t.to(device=device, dtype=torch.float64).reshape(seg.n_rows, seg.row_len)
+            y = x / s - m / s if c == 1.0 else x * (c / s) - m / s
             rows = out[seg.start:seg.start + seg.n_tokens].view(seg.n_rows, seg.chunks * ts)  # (n_rows, padded row)
             rows[:, :seg.row_len] = y
         return out.to(dtype)
@@ -329,9 +373,28 @@ class WeightTokenizer:
         tokens = tokens.detach().to(torch.float64)
         out = {}
         for seg in layout.segments:
-            m, s = self._stat(seg)
+            m, s = self._stat(seg, layout)
+            c = self.factor(seg, layout)
             rows = tokens[seg.start:seg.start + seg.n_tokens].reshape(seg.n_rows, seg.chunks * ts)[:, :seg.row_len]
-            out[seg.name] = ((rows + m / s) * s).to(dtype).reshape(seg.shape)
+            x = (rows + m / s) * s if c == 1.0 else (rows + m / s) * (s / c)
+            out[seg.name] = x.to(dtype).reshape(seg.shape)
+        return out
+
+    def decode_batch(self, tokens: torch.Tensor, layout: TokenLayout) -> dict[str, torch.Tensor]:
+        """Differentiable decode of a batch: (B, n_tokens, token_size) -> {name: (B, *shape)} in the
+        tokens' dtype, with gradients flowing back to the tokens (what a task loss on generated
+        weights trains through). Same arithmetic as decode; not bitwise exact in float32."""
+        self._check_layout(layout)
+        ts = self.token_size
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != (layout.n_tokens, ts):
+            raise ZooError(f"decode_batch: tokens have shape {tuple(tokens.shape)} but the layout needs "
+                           f"(B, {layout.n_tokens}, {ts})")
+        B, out = tokens.shape[0], {}
+        for seg in layout.segments:
+            m, s = self._stat(seg, layout)
+            c = self.factor(seg, layout)
+            rows = tokens[:, seg.start:seg.start + seg.n_tokens].reshape(B, seg.n_rows, seg.chunks * ts)[..., :seg.row_len]
+            out[seg.name] = ((rows + m / s) * (s / c)).reshape(B, *seg.shape)
         return out
 
     def mask(self, layout: TokenLayout) -> torch.Tensor:
@@ -347,7 +410,7 @@ class WeightTokenizer:
     # -- serialization
     def to_dict(self) -> dict:
         """JSON-serializable: token_size, kinds, stats {key: [mean, std]} (floats round-trip exactly)."""
-        return {"token_size": self.token_size, "kinds": list(KINDS),
+        return {"token_size": self.token_size, "kinds": list(KINDS), "scale": self.scale, "pool": self.pool,
                 "stats": {k: [m, s] for k, (m, s) in self.stats.items()}}
 
     @classmethod
@@ -357,9 +420,13 @@ class WeightTokenizer:
         kinds = d.get("kinds")
         if kinds is not None and tuple(kinds) != KINDS:
             raise ZooError(f"tokenizer was saved with kinds {list(kinds)}; this version has {list(KINDS)}")
-        return cls(d["token_size"], {k: tuple(v) for k, v in (d.get("stats") or {}).items()})
+        return cls(d["token_size"], {k: tuple(v) for k, v in (d.get("stats") or {}).items()},
+                   scale=d.get("scale", "none"), pool=d.get("pool", "layer"))
 
 
 def _key_order(key: str) -> tuple:
     layer, _, kind = key.partition(":")
+    roles = {"first": 0, "hidden": 1, "last": 2}
+    if layer in roles:
+        return (roles[layer], _K.get(kind, len(KINDS)))
     return (int(layer), _K.get(kind, len(KINDS))) if layer.isdigit() else (1 << 30, key)

@@ -298,3 +298,59 @@ def test_errors_name_the_thing():
         tok.encode(st, TokenLayout.of(net, 8))
     with pytest.raises(ZooError, match=r"\(44, 16\).*\(45, 16\)"):
         tok.decode(torch.zeros(44, 16), lay)
+
+
+# -- width-aware options: scale="fan_in", pool="role"
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fan_in_role_round_trip_bitwise(family):
+    states, layouts, nets = population(family)
+    tok = WeightTokenizer(16, scale="fan_in", pool="role").fit(states, layouts)
+    assert all(k.split(":")[0] in ("first", "hidden", "last") for k in tok.stats)
+    back = WeightTokenizer.from_dict(json.loads(json.dumps(tok.to_dict())))
+    assert (back.scale, back.pool, back.stats) == ("fan_in", "role", tok.stats)
+    for st, lay in zip(states, layouts):
+        out = back.decode(tok.encode(st, lay), lay)
+        for n, t in st.items():
+            assert torch.equal(out[n], t), n
+
+
+def test_fan_in_scale_evens_out_widths():
+    """He-scaled inits of widths 4 and 256 share one hidden statistic; with scale="fan_in" their tokens
+    have about the same spread, without it they are far apart."""
+    nets = [build("mlp", w, s) for w in (4, 256) for s in SEEDS]
+    layouts = [TokenLayout.of(n, 16) for n in nets]
+    spread = {}
+    for scale in ("none", "fan_in"):
+        tok = WeightTokenizer(16, scale=scale, pool="role").fit([params(n) for n in nets], layouts)
+        stds = []
+        for net, lay in zip(nets[::3], layouts[::3]):  # seed 0 of width 4, of width 256
+            x, seg = tok.encode(params(net), lay), next(s for s in lay.segments if s.name == "fc1.weight")
+            stds.append(float(x[seg.start:seg.start + seg.n_tokens][tok.mask(lay)[seg.start:seg.start + seg.n_tokens]].std()))
+        spread[scale] = max(stds) / min(stds)
+    assert spread["fan_in"] < 1.3 < 4 < spread["none"], spread
+    w = tok.factor(next(s for s in layouts[3].segments if s.name == "fc1.bias"), layouts[3])
+    assert w == math.sqrt(256)  # a bias takes its module weight's fan-in
+
+
+def test_role_pool_serves_deeper_nets():
+    """pool="layer" has no statistics for a layer index it never saw; pool="role" maps the extra layer
+    to the hidden statistics, and the head of a deeper net to the fitted head's."""
+    shallow = [N.init_(N.build("mlp", **MNIST1D, width=8, depth=2), s) for s in SEEDS]
+    deep = N.init_(N.build("mlp", **MNIST1D, width=8, depth=3), 0)
+    lays = [TokenLayout.of(n, 16) for n in shallow]
+    by_layer = WeightTokenizer(16).fit([params(n) for n in shallow], lays)
+    with pytest.raises(ZooError, match="no statistics for stat key '3:linear_weight'"):
+        by_layer.encode(params(deep), TokenLayout.of(deep, 16))
+    by_role = WeightTokenizer(16, scale="fan_in", pool="role").fit([params(n) for n in shallow], lays)
+    lay = TokenLayout.of(deep, 16)
+    assert [by_role.stat_key(s, lay) for s in lay.segments if s.kind == KINDS.index("linear_weight")] == [
+        "first:linear_weight", "hidden:linear_weight", "hidden:linear_weight", "last:linear_weight"]
+    out = by_role.decode(by_role.encode(params(deep), lay), lay)
+    assert all(torch.equal(out[n], t) for n, t in params(deep).items())
+
+
+def test_bad_scale_and_pool_named():
+    with pytest.raises(ZooError, match="scale 'fanin' is not valid; valid: none, fan_in"):
+        WeightTokenizer(16, scale="fanin")
+    with pytest.raises(ZooError, match="pool 'depth' is not valid; valid: layer, role"):
+        WeightTokenizer(16, pool="depth")
