@@ -16,10 +16,25 @@ The denoiser sees every token of one network at once. A token's embedding is the
   + sinusoid(row) + sinusoid(chunk)                         (which output unit, which part of its row)
   + MLP(sinusoid(timestep)) + W_c · condition               (shared by every token of the network)
 then `layers` pre-LN transformer blocks (torch.nn.TransformerEncoderLayer, norm_first) and a linear
-head predict the noise ε of every token (prediction_type "epsilon"). Padding positions (mask False)
-carry no loss and are zeroed in samples. Row ids come from weight rows, so permuting hidden units
-permutes rows: the generator is trained on canonicalized weights (hypernet.symmetry) plus random
-permutations, and the row embedding is a sinusoid rather than a learned table so any width works.
+head predict, per DiffusionConfig.prediction (diffusers' prediction_type), the noise ε ("epsilon"),
+the clean tokens ("sample") or v = sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0 ("v_prediction"). Padding positions
+(mask False) carry no loss and are zeroed in samples. Row ids come from weight rows, so permuting
+hidden units permutes rows: the generator is trained on canonicalized weights (hypernet.symmetry)
+plus random permutations, and the row embedding is a sinusoid rather than a learned table so any
+width works.
+
+The base net (base_rows > 0; "sample" or "v_prediction"). A learned table of clean tokens, one
+per (role: first / hidden / last layer, kind, row mod base_rows, chunk mod base_chunks), initialized
+N(0, 1) like a random net's standardized tokens; the head's output is a correction to it, so the
+clean estimate at full noise is the base net (sample: x0 = base + head; v: v = head − base, and
+x0 = sqrt(ᾱ)·x_t − sqrt(1−ᾱ)·v). Why: with a zero-initialized head the estimate at high noise
+is the zoo's mean, which decodes to a dead ReLU net (the mean biases are negative), so a task loss
+on it has no gradient; and the transformer alone learns per-row weights slowly from sinusoids. Wider
+tensors tile the table, as the GHN's tiled decoder tiles its chunk.
+
+`loss(..., return_x0=True)` also returns the clean estimate, which pipelines.fit_diffusion decodes
+into a network and trains with the task loss as well (the denoising loss alone does not reach
+working nets on a zoo of a few members per architecture; see the README).
 """
 from __future__ import annotations
 
@@ -34,6 +49,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from zoo.errors import ZooError
 
 SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
+PREDICTIONS = ("epsilon", "sample", "v_prediction")  # diffusers' prediction_type
 
 
 @dataclass
@@ -49,6 +65,11 @@ class DiffusionConfig:
     timesteps: int = 1000
     schedule: str = "squaredcos_cap_v2"
     sample_steps: int = 50  # DDIM steps at sampling time
+    prediction: str = "epsilon"  # what the denoiser outputs: the noise, the clean tokens, or v
+    token_scale: str = "fan_in"  # hypernet.tokenizer scale: "fan_in" or "none"
+    token_pool: str = "role"  # hypernet.tokenizer pool: "role" or "layer"
+    base_rows: int = 0  # > 0: a learned base net of this many rows per (role, kind), tiled over wider tensors
+    base_chunks: int = 2  # chunks per row of the base net (tiled over longer rows)
     n_conditions: int = 0
     conditions: dict | None = None  # hypernet.conditions.ConditionSpec.to_dict(): sets n_conditions
     tokenizer: dict | None = None  # hypernet.tokenizer.WeightTokenizer.to_dict(): statistics to decode samples
@@ -59,6 +80,19 @@ class DiffusionConfig:
             from hypernet.conditions import ConditionSpec
 
             self.n_conditions = ConditionSpec.from_dict(self.conditions).n
+        if self.prediction not in PREDICTIONS:
+            raise ZooError(f"DiffusionConfig.prediction {self.prediction!r} is not valid; valid: {', '.join(PREDICTIONS)}")
+        from hypernet.tokenizer import POOLS, SCALES
+
+        if self.token_scale not in SCALES:
+            raise ZooError(f"DiffusionConfig.token_scale {self.token_scale!r} is not valid; valid: {', '.join(SCALES)}")
+        if self.token_pool not in POOLS:
+            raise ZooError(f"DiffusionConfig.token_pool {self.token_pool!r} is not valid; valid: {', '.join(POOLS)}")
+        if self.base_rows and self.prediction == "epsilon":
+            raise ZooError("DiffusionConfig.base_rows needs prediction 'sample' or 'v_prediction': a base net is "
+                           "a clean-weight estimate, which an ε-prediction cannot carry")
+        if self.base_rows < 0:
+            raise ZooError(f"DiffusionConfig.base_rows must be >= 0; got {self.base_rows}")
         if self.schedule not in SCHEDULES:
             raise ZooError(f"DiffusionConfig.schedule {self.schedule!r} is not valid; valid: {', '.join(SCHEDULES)}")
         for k in ("token_size", "d_model", "layers", "heads", "ff_mult", "max_layers", "n_kinds", "timesteps",
@@ -84,7 +118,8 @@ def sinusoid(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.T
 
 class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
                       tags=["weight-generation", "diffusion", "weight-space-learning"]):
-    """ε-prediction transformer over weight tokens, with diffusers' DDPM / DDIM schedulers."""
+    """Denoising transformer over weight tokens (ε, x0 or v prediction, an optional learned base net),
+    with diffusers' DDPM / DDIM schedulers."""
 
     def __init__(self, config: DiffusionConfig | dict | None = None):
         super().__init__()
@@ -102,6 +137,11 @@ class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo"
         self.layer_emb = nn.Embedding(c.max_layers, d)
         self.kind_emb = nn.Embedding(c.n_kinds, d)
         self.pos_proj = nn.Linear(d, d)  # mixes the row and chunk sinusoids
+        # the base net: one learned token per (role, kind, row mod base_rows, chunk mod base_chunks),
+        # N(0, 1) like the standardized tokens of a random net, so its gradients are alive from step 0
+        self.base = nn.Embedding(3 * c.n_kinds * c.base_rows * c.base_chunks, c.token_size) if c.base_rows else None
+        if self.base is not None:
+            nn.init.normal_(self.base.weight)
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.cond = nn.Linear(c.n_conditions, d) if c.n_conditions else None
         block = nn.TransformerEncoderLayer(d, c.heads, c.ff_mult * d, c.dropout, activation="gelu",
@@ -120,13 +160,15 @@ class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo"
         from diffusers import DDPMScheduler
 
         c = self.config
-        return DDPMScheduler(num_train_timesteps=c.timesteps, beta_schedule=c.schedule, prediction_type="epsilon",
+        return DDPMScheduler(num_train_timesteps=c.timesteps, beta_schedule=c.schedule, prediction_type=c.prediction,
                              clip_sample=False)
 
     def sample_scheduler(self):
         from diffusers import DDIMScheduler
 
-        return DDIMScheduler.from_config(self.train_scheduler().config)
+        # "trailing" spacing: the first step is at t = T-1 (pure noise) for any number of steps; diffusers'
+        # default "leading" spacing starts few-step sampling at t = T - T/steps, on noise it never saw there
+        return DDIMScheduler.from_config(self.train_scheduler().config, timestep_spacing="trailing")
 
     # -- the denoiser
     def _check(self, ids: torch.Tensor) -> None:
@@ -161,20 +203,51 @@ class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo"
         if mask is not None:
             pad = ~mask.any(-1)  # (B, N): a token with no real value (never happens with the tokenizer's layout)
         h = self.blocks(h, src_key_padding_mask=pad if pad is not None and bool(pad.any()) else None)
-        return self.out(self.ln(h))
+        out = self.out(self.ln(h))
+        if self.base is not None:  # clean estimate = base + learned correction (v = −x0 share at high noise)
+            base = self.base(self.base_index(ids))
+            out = out + base if c.prediction == "sample" else out - base
+        return out
+
+    def base_index(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., N, 4) token ids -> index of the base-net token: role (first / hidden / last layer of
+        the network), kind, row mod base_rows, chunk mod base_chunks (wider tensors tile the base)."""
+        c = self.config
+        layer = ids[..., 0]
+        last = layer.amax(dim=-1, keepdim=True)
+        role = torch.where(layer == 0, 0, torch.where(layer == last, 2, 1))
+        return ((role * c.n_kinds + ids[..., 1]) * c.base_rows + ids[..., 2] % c.base_rows) * c.base_chunks \
+            + ids[..., 3] % c.base_chunks
 
     def loss(self, x0: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """DDPM ε-loss: mean squared error of the predicted noise over real (unpadded) values.
-        x0 (B, N, token_size) clean standardized tokens, mask (B, N, token_size) bool."""
+             generator: torch.Generator | None = None, return_x0: bool = False, t: torch.Tensor | None = None):
+        """DDPM loss: mean squared error of the prediction (the noise ε, the clean tokens x0, or
+        v = sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0, per DiffusionConfig.prediction) over real (unpadded) values.
+        x0 (B, N, token_size) clean standardized tokens, mask (B, N, token_size) bool.
+        return_x0: also return the denoiser's estimate of the clean tokens (B, N, token_size), with
+        gradients, for a loss on the weights it implies. t: (B,) timesteps (default: uniform draws)."""
         sched = self.train_scheduler()
         B = x0.shape[0]
+        x0 = x0 * mask
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype) * mask
-        t = torch.randint(0, self.config.timesteps, (B,), generator=generator)
-        xt = sched.add_noise(x0 * mask, noise, t)
-        eps = self(xt, t, ids, condition, mask)
-        m = mask.to(eps.dtype)
-        return ((eps - noise) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+        if t is None:
+            t = torch.randint(0, self.config.timesteps, (B,), generator=generator)
+        xt = sched.add_noise(x0, noise, t)
+        pred = self(xt, t, ids, condition, mask)
+        p = self.config.prediction
+        target = noise if p == "epsilon" else x0 if p == "sample" else sched.get_velocity(x0, noise, t)
+        m = mask.to(pred.dtype)
+        loss = ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+        if not return_x0:
+            return loss
+        a = sched.alphas_cumprod.to(pred.dtype)[t].reshape(B, 1, 1)
+        if p == "sample":
+            x0_hat = pred
+        elif p == "epsilon":
+            x0_hat = (xt - (1 - a).sqrt() * pred) / a.sqrt()
+        else:
+            x0_hat = a.sqrt() * xt - (1 - a).sqrt() * pred
+        return loss, x0_hat * m
 
     @torch.no_grad()
     def sample(self, ids: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor | None = None, n: int = 1,
@@ -187,9 +260,9 @@ class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo"
         x = torch.randn((n, N, k), generator=generator) * m
         cond = None if condition is None else condition.reshape(1, -1).expand(n, -1)
         for t in sched.timesteps:
-            eps = self(x, t.expand(n), ids, cond, m.bool()) * m
-            x = sched.step(eps, t, x, eta=eta, generator=generator).prev_sample * m
+            out = self(x, t.expand(n), ids, cond, m.bool()) * m
+            x = sched.step(out, t, x, eta=eta, generator=generator).prev_sample * m
         return x
 
 
-__all__ = ["DiffusionConfig", "SCHEDULES", "WeightDiffusion", "sinusoid"]
+__all__ = ["DiffusionConfig", "PREDICTIONS", "SCHEDULES", "WeightDiffusion", "sinusoid"]
