@@ -45,7 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="results folder (default: results/<run folder name>)")
     e.add_argument("--seeds", type=int, nargs="+", help="seeds per case (default: the zoo's first two)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = sub.add_parser("compare", help="one table of several `hypernet eval` results on the same held-out cases")
+    c.add_argument("results", nargs="+", help="results folders (or results.json files) of `hypernet eval`")
+    c.add_argument("--out", help="also write the table to this markdown file")
     return p
+
+
+def cmd_compare(a) -> int:
+    from pipelines.evaluate import compare, read_results
+
+    table = compare([read_results(r) for r in a.results])
+    print(table, end="")
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table)
+    return 0
 
 
 def cmd_train(a) -> int:
@@ -131,7 +146,7 @@ def cmd_predict(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "predict": cmd_predict, "eval": cmd_eval}[a.cmd](a)
+        return {"train": cmd_train, "predict": cmd_predict, "eval": cmd_eval, "compare": cmd_compare}[a.cmd](a)
     except ZooError as e:
         print(f"hypernet: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -335,7 +335,10 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
     than independent training gets; near 0: a copy. The same ratio is reported for two baselines,
     a training checkpoint plus Gaussian noise (10% of each tensor's RMS) and the average of a
     training cell's canonicalized members, and the agreement of test predictions with the nearest
-    checkpoint beside that of two trained seeds."""
+    checkpoint beside that of two trained seeds. A reference point: the same ratio for the zoo's
+    own trained members of the held-out cell (real training runs the generator never saw). Members
+    of different cells share their init seeds, so even these sit below 1 when a neighbouring cell's
+    member of the same seed trained to a nearby point."""
     from hypernet.symmetry import canonicalize
 
     per_case = []
@@ -377,10 +380,12 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         member = bank[0][1]
         noisy = {n: v + 0.1 * v.pow(2).mean().sqrt() * torch.randn(v.shape, generator=g) for n, v in member.items()}
         avg = {n: torch.stack([st[n] for st in canon[near.key]]).mean(0) for n in names}
+        real = [nearest(canonicalize(st, ref, module))[0] for st in case.cell.states(zoo_root)]
         per_case.append({"case": case.key, "nn_distance_ratio": ratios, "agreement_with_nearest": agree,
                          "seed_distance": seed_dist, "seed_agreement": seed_agree,
                          "baseline_trained_plus_noise": nearest({n: noisy[n] for n in names})[0],
-                         "baseline_cell_average": nearest(avg)[0]})
+                         "baseline_cell_average": nearest(avg)[0],
+                         "reference_held_out_members": real})
     if not per_case:
         return {"note": "no held-out cell with a trained architecture to audit"}
     return {
@@ -389,6 +394,7 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         "seed_agreement_median": _median([c["seed_agreement"] for c in per_case]),
         "baseline_trained_plus_noise_median": _median([c["baseline_trained_plus_noise"] for c in per_case]),
         "baseline_cell_average_median": _median([c["baseline_cell_average"] for c in per_case]),
+        "reference_held_out_members_median": _median([r for c in per_case for r in c["reference_held_out_members"]]),
         "samples_per_case": samples,
         "per_case": per_case,
     }
@@ -440,12 +446,91 @@ def markdown(doc: dict) -> str:
                   f" (median of {mem['samples_per_case']} samples per cell); prediction agreement with it "
                   f"{_fmt(mem['agreement_with_nearest_median'])} (two trained seeds: {_fmt(mem['seed_agreement_median'])})",
                   f"- baselines: a training checkpoint + 10% noise {_fmt(mem['baseline_trained_plus_noise_median'])}, "
-                  f"the average of a cell's members {_fmt(mem['baseline_cell_average_median'])}"]
+                  f"the average of a cell's members {_fmt(mem['baseline_cell_average_median'])}",
+                  f"- reference: the zoo's own trained members of the held-out cells (real training runs the "
+                  f"generator never saw) {_fmt(mem.get('reference_held_out_members_median'))}"]
     if doc["summary"].get("unsupported"):
         lines += ["", "Not produced by the generator: " + "; ".join(f"{k} ({v})" for k, v in
                                                                     doc["summary"]["unsupported"].items())]
     if doc.get("split_notes"):
         lines += ["", "Notes: " + "; ".join(doc["split_notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def read_results(path: str | Path) -> dict:
+    """results.json of `hypernet eval` (a results folder or the file itself)."""
+    p = Path(path)
+    p = p / "results.json" if p.is_dir() else p
+    if not p.exists():
+        raise ZooError(f"{path}: no results.json; run `hypernet eval --hypernet RUN --out {path}` first")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ZooError(f"{p}: not valid JSON ({e})") from None
+    for k in ("summary", "results", "seeds", "hypernet"):
+        if k not in doc:
+            raise ZooError(f"{p}: field {k!r} missing; this is not a `hypernet eval` results.json")
+    return doc
+
+
+def compare(docs: list[dict]) -> str:
+    """One markdown table of several benchmark results on the same held-out cases (same zoo split and
+    seeds, which makes random init and the nearest zoo model identical across them): per case the
+    step-0 score, final-score difference to random and speedup of every generator, then the
+    summaries and goals, and the memorization audits of generators that have one."""
+    if not docs:
+        raise ZooError("compare: no results given")
+    names = [d["hypernet"] for d in docs]
+    if len(set(names)) != len(names):
+        raise ZooError(f"compare: two results have the same name ({', '.join(names)}); name them with --out")
+    cases = [r["case"] for r in docs[0]["results"]]
+    for d in docs[1:]:
+        if [r["case"] for r in d["results"]] != cases or d["seeds"] != docs[0]["seeds"]:
+            raise ZooError(f"compare: {d['hypernet']} was evaluated on other cases or seeds than {names[0]} "
+                           f"({[r['case'] for r in d['results']]}, seeds {d['seeds']} vs {cases}, seeds "
+                           f"{docs[0]['seeds']}); evaluate every run on the same zoo with the same --seeds")
+    base = docs[0]["results"]
+    metric = base[0]["metric"]
+    gens = [("random", None), *((n, i) for i, n in enumerate(names)), ("nearest", None)]
+    head = "| case | T | load | random final | " + " | ".join(
+        f"{g} step 0 / Δfinal / speedup" for g, _ in gens[1:]) + " |"
+    lines = [f"Same held-out cases, seeds {docs[0]['seeds']}; score = {metric}. Per generator: score at step 0, "
+             "final score minus random init's, speedup (steps of random init to its final score / the "
+             "generator's; ≥ marks a target met at step 0, < one never met).", "", head,
+             "|" + "---|" * (4 + len(gens) - 1)]
+    for k, case in enumerate(cases):
+        r0 = base[k]
+        row = [case, f"{r0['temperature']:g}", f"{r0['load']:g}", _fmt(r0["generators"]["random"]["final"])]
+        for g, i in gens[1:]:
+            r = (docs[i] if i is not None else docs[0])["results"][k]
+            rec = r["generators"].get("hypernet" if i is not None else g)
+            if rec is None:
+                row.append("unsupported" if r.get("unsupported") else "–")
+                continue
+            mark = "≥" if any(x == 0 for x in rec["steps_to_target"] if x is not None) else (
+                "<" if not rec["reached"] else "")
+            row.append(f"{_fmt(rec['at_step']['0'])} / {rec['final_delta']:+.3f} / {mark}{rec['speedup']:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| generator | median speedup, cells | median speedup, architectures | median Δfinal | "
+              "median step-0 score | goals met |", "|---|---|---|---|---|---|"]
+    s0 = docs[0]["summary"]
+    lines.append(f"| random | 1 | 1 | 0 | {_fmt(s0['step0_median']['random'])} | – |")
+    for d in docs:
+        s = d["summary"]
+        met = [k for k, v in s["goals"].items() if v]
+        lines.append(f"| {d['hypernet']} | {_fmt(s['median_speedup_cells'], 1)} | {_fmt(s['median_speedup_archs'], 1)} | "
+                     f"{_fmt(s['final_acc_delta_median'])} | {_fmt(s['step0_median']['hypernet'])} | "
+                     f"{len(met)} of {len(s['goals'])}{': ' + ', '.join(met) if met else ''} |")
+    lines.append(f"| nearest zoo model | {_fmt(s0['nearest_median_speedup_cells'], 1)} | – | "
+                 f"{_fmt(s0['nearest_final_acc_delta_median_cells'])} (cells) | {_fmt(s0['step0_median']['nearest'])} | – |")
+    for d in docs:
+        mem = d.get("memorization")
+        if mem and "nn_distance_ratio_median" in mem:
+            lines += ["", f"Memorization ({d['hypernet']}): nearest-training-checkpoint distance / seed distance "
+                      f"{_fmt(mem['nn_distance_ratio_median'])}; checkpoint + 10% noise "
+                      f"{_fmt(mem['baseline_trained_plus_noise_median'])}, cell average "
+                      f"{_fmt(mem['baseline_cell_average_median'])}, the held-out cells' own trained members "
+                      f"{_fmt(mem.get('reference_held_out_members_median'))}."]
     return "\n".join(lines) + "\n"
 
 

@@ -4,14 +4,20 @@ Data. The final checkpoints of the training cells' members (held-out cells and a
 pipelines.zoodata.make_split are never seen), all of one model family. Per architecture, every
 member is brought to a canonical form by weight matching to a reference (hypernet.symmetry; the
 reference is the seed-0 member of that architecture's cell nearest the middle of the temperature
-axis), then cut into tokens (hypernet.tokenizer) standardized with statistics pooled over the zoo.
+axis), then cut into tokens (hypernet.tokenizer) standardized with statistics pooled over the zoo
+(by default scaled by sqrt(fan_in) and pooled per first / hidden / last layer, so widths share a
+scale and deeper nets have statistics).
 
-Training. DDPM ε-loss (hypernet.diffusion, diffusers' schedulers). Each step draws one architecture
+Training. The DDPM loss of the configured prediction type (hypernet.diffusion, diffusers'
+schedulers) plus task_weight · the task loss of the denoiser's clean estimate: the estimate is
+decoded into weights (WeightTokenizer.decode_batch, differentiable) and run on a batch of its cell's
+training data (the task's objective + distill · KL to the cell's trained members' mean softmax, as
+pipelines.fit trains the GHN). Training data only, never test data. Each step draws one architecture
 (with probability proportional to its number of members) and a batch of its members with
 replacement; with probability `augment` a member is randomly permuted (hypernet.symmetry) before
 tokenizing, so the generator also sees non-canonical nets. The condition is the member's cell
-(zoo, temperature, load; hypernet.conditions). AdamW, warm-up + cosine decay, clipping,
-checkpoints and exact resume as in pipelines.fit.
+(zoo, temperature, load; hypernet.conditions). AdamW, warm-up + cosine decay (the base net's
+tokens at their own peak lr, base_lr), clipping, checkpoints and exact resume as in pipelines.fit.
 
 Run folder: config.json + model.safetensors (WeightDiffusion, with the tokenizer's statistics and
 the references' ids in its config), hypernet.json (same fields as a GHN run, so `hypernet eval`
@@ -26,17 +32,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hypernet.conditions import ConditionSpec
 from hypernet.diffusion import DiffusionConfig, WeightDiffusion
 from hypernet.symmetry import SUPPORTED, canonicalize, perm_groups, permute, random_permutation
 from hypernet.tokenizer import TokenLayout, WeightTokenizer
-from pipelines.fit import (_fused, _progress, check_out, load_checkpoint, save_checkpoint, section, trim_log,
-                           warmup_cosine)
+from pipelines.fit import (_fused, _progress, check_out, distill_loss, load_checkpoint, save_checkpoint, section,
+                           trim_log, warmup_cosine)
 from pipelines.zoodata import ZooCell, load_cells, make_split, split_digest, zoo_specs
 from zoo import store
 from zoo.errors import ZooError
+from zoo.objectives import Classification
+from zoo.train import population_forward, train_subset
 
 
 @dataclass
@@ -44,11 +53,15 @@ class DiffusionTrainConfig:
     steps: int = 3000
     batch_size: int = 16  # members per step (one architecture per step)
     lr: float = 1e-3
+    base_lr: float = 0.02  # peak lr of the base net's tokens (unit-scale free parameters), same schedule
     weight_decay: float = 1e-2
     warmup: int = 100
     min_lr_ratio: float = 0.05
     clip: float = 1.0
     augment: float = 0.1  # probability that a member is randomly permuted instead of canonical
+    task_weight: float = 1.0  # weight of the task loss of the weights the denoiser's clean estimate decodes to
+    distill: float = 1.0  # within the task loss: KL to the cell's trained members (as pipelines.fit)
+    data_batch: int = 128  # training samples per member for the task loss
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 50
@@ -71,7 +84,10 @@ class DiffusionRunConfig:
         diff = section(d, "diffusion", DiffusionConfig, source,
                        exclude={"conditions", "n_conditions", "tokenizer", "family"})
         t = DiffusionTrainConfig(**section(d, "training", DiffusionTrainConfig, source))
-        for k in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        for k in ("task_weight", "distill", "base_lr"):
+            if getattr(t, k) < 0:
+                raise ZooError(f"{source}: training.{k} must be >= 0 (got {getattr(t, k)})")
+        for k in ("steps", "batch_size", "checkpoint_every", "log_every", "data_batch"):
             if getattr(t, k) < 1:
                 raise ZooError(f"{source}: training.{k} must be >= 1 (got {getattr(t, k)})")
         if not 0 <= t.augment <= 1:
@@ -84,12 +100,27 @@ class DiffusionRunConfig:
 
 
 @dataclass
+class _CellTask:
+    """A training cell's data (the subset its members trained on) and its members, stacked: what the
+    task loss of a generated net is computed on."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    objective: object
+    teacher_params: dict[str, torch.Tensor]  # (n_teachers, *shape)
+    teacher_buffers: dict[str, torch.Tensor]
+    n_teachers: int
+
+
+@dataclass
 class _Arch:
     key: str
     cell: ZooCell  # the reference's cell
     module: nn.Module
     layout: TokenLayout
-    members: list[tuple[dict[str, torch.Tensor], torch.Tensor]]  # (canonical state, condition)
+    members: list[tuple[dict[str, torch.Tensor], torch.Tensor, str]]  # (canonical state, condition, cell key)
+    fwd: object = None  # zoo.train.population_forward of the module
+    tasks: dict[str, _CellTask] = field(default_factory=dict)  # cell key -> data and teachers
 
 
 def arch_key(cell: ZooCell, arch: dict | None = None) -> str:
@@ -116,23 +147,25 @@ class DiffusionTrainer:
         if not self.train_cells:
             raise ZooError(f"{self.root}: no trained cells left for training after the held-out split")
         self.conditions = ConditionSpec.from_zoos(specs)
-        token_size = DiffusionConfig(**config.diffusion).token_size
-        self.archs = self._prepare(token_size)
-        states = [s for a in self.archs.values() for s, _ in a.members]
+        dc = DiffusionConfig(**config.diffusion)
+        self.archs = self._prepare(dc.token_size)
+        states = [s for a in self.archs.values() for s, _, _ in a.members]
         layouts = [a.layout for a in self.archs.values() for _ in a.members]
-        self.tokenizer = WeightTokenizer(token_size).fit(states, layouts)
+        self.tokenizer = WeightTokenizer(dc.token_size, scale=dc.token_scale, pool=dc.token_pool).fit(states, layouts)
         references = {k: {"zoo": a.cell.zoo, "cell": a.cell.cell, "model_id": a.cell.rows[0]["model_id"]}
                       for k, a in self.archs.items()}
         torch.manual_seed(config.training.seed)
         self.model = WeightDiffusion(DiffusionConfig(**config.diffusion, conditions=self.conditions.to_dict(),
                                                      tokenizer=self.tokenizer.to_dict(), family=self.family))
         self.references = references
-        decay, no_decay = [], []
+        decay, no_decay, base = [], [], []
         for n, p in self.model.named_parameters():
-            (decay if p.dim() >= 2 and "emb" not in n else no_decay).append(p)
+            (base if n.startswith("base.") else decay if p.dim() >= 2 and "emb" not in n else no_decay).append(p)
         t = config.training
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, **_fused())
+        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if base:
+            groups.append({"params": base, "weight_decay": 0.0, "lr_mult": t.base_lr / t.lr})
+        self.opt = torch.optim.AdamW(groups, lr=t.lr, **_fused())
         self.step = 0
 
     def _prepare(self, token_size: int) -> dict[str, _Arch]:
@@ -148,25 +181,69 @@ class DiffusionTrainer:
             module = ref_cell.build()
             states = {c.key: c.states(self.root) for c in cells}  # each cell's shards read once
             reference = states[ref_cell.key][0]
-            members = [(canonicalize(st, reference, module), self.conditions.vector(c.zoo, c.temperature, c.load))
-                       for c in cells for st in states[c.key]]
-            out[key] = _Arch(key, ref_cell, module, TokenLayout.of(module, token_size), members)
+            members = [(canonicalize(st, reference, module), self.conditions.vector(c.zoo, c.temperature, c.load),
+                        c.key) for c in cells for st in states[c.key]]
+            tasks = {}
+            names = [n for n, _ in module.named_parameters()]
+            for c in cells:
+                task = c.load_task()
+                subset = train_subset(task.n_train, float(c.training.get("data_fraction", 1.0)))
+                tasks[c.key] = _CellTask(task.x_train[subset], task.y_train[subset], task.objective,
+                                         {n: torch.stack([st[n] for st in states[c.key]]) for n in names},
+                                         {n: torch.stack([st[n] for st in states[c.key]])
+                                          for n, _ in module.named_buffers()}, len(states[c.key]))
+            out[key] = _Arch(key, ref_cell, module, TokenLayout.of(module, token_size), members,
+                             population_forward(module)[0], tasks)
         return out
 
     def lr_at(self, step: int) -> float:
         return warmup_cosine(step, self.config.training)
 
+    def task_loss(self, a: _Arch, x0_hat: torch.Tensor, cells: list[str], gen: torch.Generator):
+        """Task loss (+ distill · divergence from the cell's trained members) of the nets that the
+        denoiser's clean estimates decode to, each on a batch of its own cell's training data."""
+        t = self.config.training
+        params = self.tokenizer.decode_batch(x0_hat, a.layout)  # (B, *shape) each, differentiable
+        B = x0_hat.shape[0]
+        xs, ys = [], []
+        for key in cells:
+            d = a.tasks[key]
+            idx = torch.randint(0, d.x.shape[0], (min(t.data_batch, d.x.shape[0]),), generator=gen)
+            xs.append(d.x[idx]), ys.append(d.y[idx])
+        xb, yb = torch.stack(xs), torch.stack(ys)
+        buffers = {n: b.detach().unsqueeze(0).expand(B, *b.shape).clone() for n, b in a.module.named_buffers()}
+        objective = a.tasks[cells[0]].objective
+        classification = isinstance(objective, Classification)
+        a.module.train()
+        if classification:
+            student = a.fwd(params, buffers, xb)  # (B, n, C)
+            task = F.cross_entropy(student.reshape(-1, student.shape[-1]), yb.reshape(-1))
+        else:
+            task = objective.losses(a.fwd, params, buffers, xb, yb).mean()
+            student = a.fwd(params, {n: b.clone() for n, b in buffers.items()}, xb) if t.distill else None
+        dist = torch.zeros(())
+        if t.distill:
+            a.module.eval()
+            with torch.no_grad():
+                teachers = [a.fwd(a.tasks[k].teacher_params, a.tasks[k].teacher_buffers,
+                                  xb[i].expand(a.tasks[k].n_teachers, *xb[i].shape)) for i, k in enumerate(cells)]
+            a.module.train()
+            dist = torch.stack([distill_loss(student[i], teachers[i], classification) for i in range(B)]).mean()
+        return task + t.distill * dist, float(task.detach()), float(dist.detach())
+
     def batch(self, gen: torch.Generator):
-        """One architecture's batch: x0 (B, N, k), ids (N, 4), mask (B, N, k), condition (B, c)."""
+        """One architecture's batch: x0 (B, N, k), ids (N, 4), mask (B, N, k), condition (B, c),
+        the architecture, and each member's cell key."""
         keys = list(self.archs)
         weights = torch.tensor([len(self.archs[k].members) for k in keys], dtype=torch.float64)
         a = self.archs[keys[int(torch.multinomial(weights, 1, generator=gen))]]
         B = self.config.training.batch_size
         pick = torch.randint(0, len(a.members), (B,), generator=gen).tolist()
-        xs, conds = [], []
+        xs, conds, cells = [], [], []
         groups = None
         for i in pick:
-            state, cond = a.members[i]
+            state, cond, cell = a.members[i]
+            cells.append(cell)
             if self.config.training.augment and float(torch.rand((), generator=gen)) < self.config.training.augment:
                 groups = groups or perm_groups(a.module)
                 state = permute(state, groups, random_permutation(groups, gen))
@@ -174,7 +251,7 @@ class DiffusionTrainer:
             conds.append(cond)
         mask = self.tokenizer.mask(a.layout)
         x0 = torch.stack(xs)
-        return x0, a.layout.ids(), mask.expand_as(x0), torch.stack(conds)
+        return x0, a.layout.ids(), mask.expand_as(x0), torch.stack(conds), a, cells
 
     def train(self, resume: bool = False) -> dict:
         t = self.config.training
@@ -191,31 +268,39 @@ class DiffusionTrainer:
         task_id = bar.add_task("diffusion train", total=t.steps, completed=start, info="") if bar else None
         if bar:
             bar.start()
-        acc, n = 0.0, 0
+        acc, n = [0.0] * 4, 0
         try:
             while self.step < t.steps:
                 s = self.step
                 gen = torch.Generator().manual_seed(t.seed * 1_000_003 + s)
-                x0, ids, mask, cond = self.batch(gen)
+                x0, ids, mask, cond, arch, cells = self.batch(gen)
                 for g in self.opt.param_groups:
-                    g["lr"] = self.lr_at(s)
+                    g["lr"] = self.lr_at(s) * g.get("lr_mult", 1.0)
                 self.opt.zero_grad(set_to_none=True)
-                loss = self.model.loss(x0, ids, mask, cond, generator=gen)
+                if t.task_weight:
+                    denoise, x0_hat = self.model.loss(x0, ids, mask, cond, generator=gen, return_x0=True)
+                    task, task_v, dist_v = self.task_loss(arch, x0_hat, cells, gen)
+                    loss = denoise + t.task_weight * task
+                else:
+                    denoise = loss = self.model.loss(x0, ids, mask, cond, generator=gen)
+                    task_v = dist_v = 0.0
                 if not torch.isfinite(loss):
                     raise ZooError(f"diffusion training diverged at step {s}; lower training.lr")
                 loss.backward()
                 gnorm = float(nn.utils.clip_grad_norm_(self.model.parameters(), t.clip))
                 self.opt.step()
                 self.step = s + 1
-                acc, n = acc + float(loss.detach()), n + 1
+                acc = [v + float(x) for v, x in zip(acc, (loss.detach(), denoise.detach(), task_v, dist_v))]
+                n += 1
                 if self.step % t.log_every == 0 or self.step == t.steps:
-                    rec = {"step": self.step, "loss": acc / n, "lr": self.lr_at(s), "grad_norm": gnorm,
+                    rec = {"step": self.step, "loss": acc[0] / n, "denoise": acc[1] / n, "task": acc[2] / n,
+                           "distill": acc[3] / n, "lr": self.lr_at(s), "grad_norm": gnorm,
                            "tokens": int(x0.shape[1]), "seconds": time.perf_counter() - t0}
                     with log_path.open("a") as f:
                         f.write(json.dumps(rec) + "\n")
-                    acc, n = 0.0, 0
+                    acc, n = [0.0] * 4, 0
                     if bar:
-                        bar.update(task_id, info=f"loss {rec['loss']:.4f}")
+                        bar.update(task_id, info=f"denoise {rec['denoise']:.3f} task {rec['task']:.3f}")
                 if self.step % t.checkpoint_every == 0 or self.step == t.steps:
                     save_checkpoint(ck, self.model, self.opt,
                                     {"step": self.step, "config": self.config.to_dict(), "split": digest})

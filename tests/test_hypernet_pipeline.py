@@ -317,7 +317,8 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
 
     cfg = DiffusionRunConfig.from_dict({
         "kind": "diffusion",
-        "diffusion": {"token_size": 16, "d_model": 32, "layers": 1, "heads": 2, "timesteps": 50, "sample_steps": 5},
+        "diffusion": {"token_size": 16, "d_model": 32, "layers": 1, "heads": 2, "timesteps": 50, "sample_steps": 5,
+                      "prediction": "v_prediction", "base_rows": 4},
         "training": {"steps": 12, "batch_size": 4, "lr": 3e-3, "warmup": 2, "augment": 0.5,
                      "checkpoint_every": 6, "log_every": 3},
     })
@@ -327,6 +328,9 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     assert meta["n_training_members"] == 3 * 2  # 3 training cells x 2 seeds
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [3, 6, 9, 12] and all(math.isfinite(r["loss"]) for r in log)
+    # the task term trains through the decoded clean estimates: CE of a 10-class problem, KL >= 0
+    assert all(0 < r["task"] < 10 and r["distill"] >= 0 and r["denoise"] > 0 for r in log)
+    assert all(abs(r["loss"] - r["denoise"] - r["task"] - r["distill"]) < 1e-4 for r in log)
     gen = load_hypernet(out)
     assert isinstance(gen, WeightDiffusion) and gen.config.family == "mlp" and gen.config.tokenizer
     # sampling fills every parameter with exactly its shape, for a width the zoo never had
@@ -346,7 +350,27 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     assert mem["nn_distance_ratio_median"] > 0 and len(mem["per_case"][0]["nn_distance_ratio"]) == 4
     assert mem["baseline_trained_plus_noise_median"] < mem["baseline_cell_average_median"]
     assert 0 <= mem["agreement_with_nearest_median"] <= 1
+    assert len(mem["per_case"][0]["reference_held_out_members"]) == 2  # the held-out cell's own 2 seeds
+    assert mem["reference_held_out_members_median"] > mem["baseline_trained_plus_noise_median"]
     assert (tmp_path / "res" / "results.json").exists()
+    # the comparison table puts runs on the same cases side by side, and refuses other cases or seeds
+    from hypernet.cli import main as hypernet_main
+    from pipelines.evaluate import compare, read_results
+
+    other = json.loads((tmp_path / "res" / "results.json").read_text())
+    other["hypernet"] = "copy"
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "results.json").write_text(json.dumps(other))
+    assert hypernet_main(["compare", str(tmp_path / "res"), str(tmp_path / "copy"),
+                          "--out", str(tmp_path / "cmp.md")]) == 0
+    table = (tmp_path / "cmp.md").read_text()
+    assert "| hz/T0L1 |" in table and "diff step 0" in table and "copy step 0" in table
+    assert "| hz/arch:deeper |" in table and "unsupported" in table and "Memorization (diff)" in table
+    other["seeds"] = [0, 1]
+    with pytest.raises(ZooError, match="other cases or seeds"):
+        compare([read_results(tmp_path / "res"), other])
+    with pytest.raises(ZooError, match="no results.json"):
+        read_results(tmp_path / "nowhere")
     # depth 2 was never in this zoo: the tokenizer has no statistics for its extra layer, and the
     # benchmark records that instead of failing
     assert list(doc["summary"]["unsupported"]) == ["hz/arch:deeper"]
@@ -362,6 +386,10 @@ def test_diffusion_refuses_mixed_families_and_bad_configs():
         DiffusionRunConfig.from_dict({"diffusion": {"dmodel": 3}})
     with pytest.raises(ZooError, match="augment must be a probability"):
         DiffusionRunConfig.from_dict({"training": {"augment": 2}})
+    with pytest.raises(ZooError, match="task_weight must be >= 0"):
+        DiffusionRunConfig.from_dict({"training": {"task_weight": -1}})
+    with pytest.raises(ZooError, match="token_scale 'width' is not valid"):
+        DiffusionRunConfig.from_dict({"diffusion": {"token_scale": "width"}})
     assert load_config(None, "diffusion").kind == "diffusion"
 
 
