@@ -84,6 +84,8 @@ class DiffusionRunConfig:
         diff = section(d, "diffusion", DiffusionConfig, source,
                        exclude={"conditions", "n_conditions", "tokenizer", "family"})
         t = DiffusionTrainConfig(**section(d, "training", DiffusionTrainConfig, source))
+        if not t.lr > 0:
+            raise ZooError(f"{source}: training.lr must be > 0 (got {t.lr})")
         for k in ("task_weight", "distill", "base_lr"):
             if getattr(t, k) < 0:
                 raise ZooError(f"{source}: training.{k} must be >= 0 (got {getattr(t, k)})")

@@ -352,6 +352,7 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     assert 0 <= mem["agreement_with_nearest_median"] <= 1
     assert len(mem["per_case"][0]["reference_held_out_members"]) == 2  # the held-out cell's own 2 seeds
     assert mem["reference_held_out_members_median"] > mem["baseline_trained_plus_noise_median"]
+    assert mem["goal_not_closer_than_seeds"] == (mem["nn_distance_ratio_median"] >= 1)
     assert (tmp_path / "res" / "results.json").exists()
     # the comparison table puts runs on the same cases side by side, and refuses other cases or seeds
     from hypernet.cli import main as hypernet_main
@@ -386,6 +387,8 @@ def test_diffusion_refuses_mixed_families_and_bad_configs():
         DiffusionRunConfig.from_dict({"diffusion": {"dmodel": 3}})
     with pytest.raises(ZooError, match="augment must be a probability"):
         DiffusionRunConfig.from_dict({"training": {"augment": 2}})
+    with pytest.raises(ZooError, match="training.lr must be > 0"):
+        DiffusionRunConfig.from_dict({"training": {"lr": 0}})
     with pytest.raises(ZooError, match="task_weight must be >= 0"):
         DiffusionRunConfig.from_dict({"training": {"task_weight": -1}})
     with pytest.raises(ZooError, match="token_scale 'width' is not valid"):
