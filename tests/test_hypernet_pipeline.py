@@ -380,6 +380,38 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
         train_diffusion(zoo_dir, out, cfg, progress=False)
 
 
+def test_diffusion_resume_after_an_interruption_is_exact(zoo_dir, tmp_path, monkeypatch):
+    """The task loss draws data from the step's generator and the base net has its own lr group:
+    a run interrupted after its step-4 checkpoint and resumed ends bitwise equal to one that was not."""
+    from pipelines.fit_diffusion import DiffusionRunConfig, DiffusionTrainer
+    from pipelines.fit_diffusion import train as train_diffusion
+
+    cfg = {"kind": "diffusion",
+           "diffusion": {"token_size": 16, "d_model": 32, "layers": 1, "heads": 2, "timesteps": 50, "sample_steps": 1,
+                         "prediction": "v_prediction", "base_rows": 4},
+           "training": {"steps": 8, "batch_size": 3, "lr": 3e-3, "warmup": 2, "augment": 0.5, "data_batch": 16,
+                        "checkpoint_every": 4, "log_every": 2}}
+    whole = train_diffusion(zoo_dir, tmp_path / "whole", DiffusionRunConfig.from_dict(cfg), progress=False)
+    original, calls = DiffusionTrainer.task_loss, {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] > 6:  # inside step 7, after the checkpoint at 4
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(DiffusionTrainer, "task_loss", flaky)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_diffusion(zoo_dir, out, DiffusionRunConfig.from_dict(cfg), progress=False)
+    monkeypatch.setattr(DiffusionTrainer, "task_loss", original)
+    meta = train_diffusion(zoo_dir, out, DiffusionRunConfig.from_dict(cfg), resume=True, progress=False)
+    assert meta["resumed_from"] == 4 and meta["steps"] == whole["steps"] == 8
+    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys() and "base.weight" in a and all(torch.equal(a[k], b[k]) for k in a)
+    assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [2, 4, 6, 8]
+
+
 def test_diffusion_refuses_mixed_families_and_bad_configs():
     from pipelines.fit_diffusion import DiffusionRunConfig
 
