@@ -354,3 +354,22 @@ def test_bad_scale_and_pool_named():
         WeightTokenizer(16, scale="fanin")
     with pytest.raises(ZooError, match="pool 'depth' is not valid; valid: layer, role"):
         WeightTokenizer(16, pool="depth")
+
+
+def test_decode_batch_matches_decode_and_carries_gradients():
+    states, layouts, nets = population("mlp")
+    tok = WeightTokenizer(16, scale="fan_in", pool="role").fit(states, layouts)
+    lay = layouts[0]
+    x = torch.stack([tok.encode(st, lay) for st in states[:2]]).float().requires_grad_()
+    out = tok.decode_batch(x, lay)
+    for i in range(2):
+        ref = tok.decode(x[i].detach().double(), lay)
+        for n, t in ref.items():
+            assert out[n].shape == (2, *t.shape) and torch.allclose(out[n][i], t, rtol=1e-5, atol=1e-6), n
+    sum(v.sum() for v in out.values()).backward()
+    seg = next(s for s in lay.segments if s.name == "fc1.weight")  # d weight / d token = s / sqrt(fan_in)
+    g = x.grad[0, seg.start][tok.mask(lay)[seg.start]]
+    m, s = tok.stats[tok.stat_key(seg, lay)]
+    assert torch.allclose(g, torch.full_like(g, s / math.sqrt(seg.row_len)))
+    with pytest.raises(ZooError, match="decode_batch: tokens have shape"):
+        tok.decode_batch(x[0], lay)
