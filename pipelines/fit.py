@@ -78,21 +78,15 @@ class HypernetConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "<config>") -> HypernetConfig:
-        d = dict(d or {})
-        unknown = sorted(set(d) - {"kind", "ghn", "training"})
-        if unknown:
-            raise ZooError(f"{source}: unknown fields {unknown}; valid: kind, ghn, training")
+        d = top_level(d, source, "ghn")
         kind = d.get("kind", "ghn")
         if kind not in KINDS:
             raise ZooError(f"{source}: kind {kind!r} is not valid; valid: {', '.join(KINDS)}")
         ghn = section(d, "ghn", GHNConfig, source, exclude={"conditions", "n_conditions", "decoder"},
                       hint=" (decoder is set by kind, the conditions by the zoo)")
         t = TrainConfig(**section(d, "training", TrainConfig, source))
-        for k in ("steps", "meta_batch", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(t, k) < 1:
-                raise ZooError(f"{source}: training.{k} must be >= 1 (got {getattr(t, k)})")
-        if t.lr <= 0 or t.clip <= 0 or t.distill < 0 or t.warmup < 0:
-            raise ZooError(f"{source}: training needs lr > 0, clip > 0, distill >= 0, warmup >= 0")
+        check_fields(t, source, at_least_one=("steps", "meta_batch", "batch_size", "checkpoint_every", "log_every"),
+                     positive=("lr", "clip"), non_negative=("distill", "warmup"))
         try:
             GHNConfig(**ghn, decoder=KINDS[kind])
         except TypeError as e:
@@ -106,6 +100,15 @@ class HypernetConfig:
         return GHNConfig(**self.ghn, decoder=KINDS[self.kind], conditions=conditions.to_dict())
 
 
+def top_level(d: dict | None, source: str, body: str) -> dict:
+    """A hypernet config's top level as a dict: only kind, `body` (the model section) and training."""
+    d = dict(d or {})
+    unknown = sorted(set(d) - {"kind", body, "training"})
+    if unknown:
+        raise ZooError(f"{source}: unknown fields {unknown}; valid: kind, {body}, training")
+    return d
+
+
 def section(d: dict, name: str, cls, source: str, exclude: set[str] = frozenset(), hint: str = "") -> dict:
     """d[name] as a dict whose keys are fields of dataclass `cls` (minus `exclude`); else a ZooError
     naming the unknown fields and the valid ones."""
@@ -115,6 +118,15 @@ def section(d: dict, name: str, cls, source: str, exclude: set[str] = frozenset(
     if bad:
         raise ZooError(f"{source}: unknown {name} fields {bad}; valid: {', '.join(sorted(valid))}{hint}")
     return part
+
+
+def check_fields(t, source: str, at_least_one=(), positive=(), non_negative=()) -> None:
+    """Bounds of a training section's numbers, with an error naming the field and its value."""
+    for names, ok, rule in ((at_least_one, lambda v: v >= 1, ">= 1"), (positive, lambda v: v > 0, "> 0"),
+                            (non_negative, lambda v: v >= 0, ">= 0")):
+        for k in names:
+            if not ok(getattr(t, k)):
+                raise ZooError(f"{source}: training.{k} must be {rule} (got {getattr(t, k)})")
 
 
 def default_config_path(kind: str) -> Path:
@@ -163,18 +175,19 @@ class _Arch:
         self.param_names = [n for n, _ in self.module.named_parameters()]
 
 
-class _CellData:
-    """Training data of a cell (the subset its members trained on) and its members' stacked weights."""
+class CellData:
+    """Training data of a cell (the subset its members trained on) and its members' stacked weights:
+    what a generated net's task and distillation losses are computed on (GHN and diffusion trainers).
+    states: the cell's trained members (ZooCell.states); param / buffer names of the architecture."""
 
-    def __init__(self, cell: ZooCell, root: Path, arch: _Arch):
+    def __init__(self, cell: ZooCell, states: list[dict[str, torch.Tensor]], param_names, buffer_names):
         task = cell.load_task()
         self.task, self.objective = task, task.objective
         subset = train_subset(task.n_train, float(cell.training.get("data_fraction", 1.0)))
         self.x, self.y = task.x_train[subset], task.y_train[subset]
-        states = cell.states(root)
         self.n_teachers = len(states)
-        self.teacher_params = {n: torch.stack([s[n] for s in states]) for n in arch.param_names} if states else {}
-        self.teacher_buffers = {n: torch.stack([s[n] for s in states]) for n in arch.buffers} if states else {}
+        self.teacher_params = {n: torch.stack([s[n] for s in states]) for n in param_names} if states else {}
+        self.teacher_buffers = {n: torch.stack([s[n] for s in states]) for n in buffer_names} if states else {}
 
 
 def stacked(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]):
@@ -216,7 +229,7 @@ class Trainer:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, **_fused())
         self._archs: dict[str, _Arch] = {}
-        self._data: dict[str, _CellData] = {}
+        self._data: dict[str, CellData] = {}
         self.step = 0
 
     # -- material caches
@@ -227,9 +240,10 @@ class Trainer:
             self._archs[key] = _Arch(cell, arch)
         return self._archs[key]
 
-    def data(self, cell: ZooCell) -> _CellData:
+    def data(self, cell: ZooCell) -> CellData:
         if cell.key not in self._data:
-            self._data[cell.key] = _CellData(cell, self.root, self.arch(cell))
+            a = self.arch(cell)
+            self._data[cell.key] = CellData(cell, cell.states(self.root), a.param_names, a.buffers)
         return self._data[cell.key]
 
     def lr_at(self, step: int) -> float:

@@ -39,13 +39,13 @@ from hypernet.conditions import ConditionSpec
 from hypernet.diffusion import DiffusionConfig, WeightDiffusion
 from hypernet.symmetry import SUPPORTED, canonicalize, perm_groups, permute, random_permutation
 from hypernet.tokenizer import TokenLayout, WeightTokenizer
-from pipelines.fit import (_fused, _progress, check_out, distill_loss, load_checkpoint, save_checkpoint, section,
-                           trim_log, warmup_cosine)
+from pipelines.fit import (CellData, _fused, _progress, check_fields, check_out, distill_loss, load_checkpoint,
+                           save_checkpoint, section, top_level, trim_log, warmup_cosine)
 from pipelines.zoodata import ZooCell, load_cells, make_split, split_digest, zoo_specs
 from zoo import store
 from zoo.errors import ZooError
 from zoo.objectives import Classification
-from zoo.train import population_forward, train_subset
+from zoo.train import population_forward
 
 
 @dataclass
@@ -75,23 +75,14 @@ class DiffusionRunConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "<config>") -> DiffusionRunConfig:
-        d = dict(d or {})
-        unknown = sorted(set(d) - {"kind", "diffusion", "training"})
-        if unknown:
-            raise ZooError(f"{source}: unknown fields {unknown}; valid: kind, diffusion, training")
+        d = top_level(d, source, "diffusion")
         if d.get("kind", "diffusion") != "diffusion":
             raise ZooError(f"{source}: kind {d.get('kind')!r}; this config is for kind diffusion")
         diff = section(d, "diffusion", DiffusionConfig, source,
                        exclude={"conditions", "n_conditions", "tokenizer", "family"})
         t = DiffusionTrainConfig(**section(d, "training", DiffusionTrainConfig, source))
-        if not t.lr > 0:
-            raise ZooError(f"{source}: training.lr must be > 0 (got {t.lr})")
-        for k in ("task_weight", "distill", "base_lr"):
-            if getattr(t, k) < 0:
-                raise ZooError(f"{source}: training.{k} must be >= 0 (got {getattr(t, k)})")
-        for k in ("steps", "batch_size", "checkpoint_every", "log_every", "data_batch"):
-            if getattr(t, k) < 1:
-                raise ZooError(f"{source}: training.{k} must be >= 1 (got {getattr(t, k)})")
+        check_fields(t, source, at_least_one=("steps", "batch_size", "checkpoint_every", "log_every", "data_batch"),
+                     positive=("lr", "clip"), non_negative=("task_weight", "distill", "base_lr", "warmup"))
         if not 0 <= t.augment <= 1:
             raise ZooError(f"{source}: training.augment must be a probability in [0, 1] (got {t.augment})")
         DiffusionConfig(**diff)  # field checks with readable messages
@@ -102,19 +93,6 @@ class DiffusionRunConfig:
 
 
 @dataclass
-class _CellTask:
-    """A training cell's data (the subset its members trained on) and its members, stacked: what the
-    task loss of a generated net is computed on."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    objective: object
-    teacher_params: dict[str, torch.Tensor]  # (n_teachers, *shape)
-    teacher_buffers: dict[str, torch.Tensor]
-    n_teachers: int
-
-
-@dataclass
 class _Arch:
     key: str
     cell: ZooCell  # the reference's cell
@@ -122,7 +100,7 @@ class _Arch:
     layout: TokenLayout
     members: list[tuple[dict[str, torch.Tensor], torch.Tensor, str]]  # (canonical state, condition, cell key)
     fwd: object = None  # zoo.train.population_forward of the module
-    tasks: dict[str, _CellTask] = field(default_factory=dict)  # cell key -> data and teachers
+    tasks: dict[str, CellData] = field(default_factory=dict)  # cell key -> data and teachers
 
 
 def arch_key(cell: ZooCell, arch: dict | None = None) -> str:
@@ -185,15 +163,9 @@ class DiffusionTrainer:
             reference = states[ref_cell.key][0]
             members = [(canonicalize(st, reference, module), self.conditions.vector(c.zoo, c.temperature, c.load),
                         c.key) for c in cells for st in states[c.key]]
-            tasks = {}
             names = [n for n, _ in module.named_parameters()]
-            for c in cells:
-                task = c.load_task()
-                subset = train_subset(task.n_train, float(c.training.get("data_fraction", 1.0)))
-                tasks[c.key] = _CellTask(task.x_train[subset], task.y_train[subset], task.objective,
-                                         {n: torch.stack([st[n] for st in states[c.key]]) for n in names},
-                                         {n: torch.stack([st[n] for st in states[c.key]])
-                                          for n, _ in module.named_buffers()}, len(states[c.key]))
+            buffers = [n for n, _ in module.named_buffers()]
+            tasks = {c.key: CellData(c, states[c.key], names, buffers) for c in cells}
             out[key] = _Arch(key, ref_cell, module, TokenLayout.of(module, token_size), members,
                              population_forward(module)[0], tasks)
         return out
