@@ -63,11 +63,14 @@ def _state(case: str, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _outputs(case: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    net = _build(case, 123)
-    net.load_state_dict(state)
+    """The net's function in float64: a permutation reorders the sums of the next layer, which in
+    float32 moves outputs by up to ~n u sum|terms| (1e-5 and more, depending on the CPU's kernels);
+    in float64 the same reordering stays below 1e-12, so equality can be checked tightly."""
+    net = _build(case, 123).double()
+    net.load_state_dict(state)  # float32 values, exactly representable in float64
     net.eval()
     with torch.no_grad():
-        return net(_inputs(case))
+        return net(_inputs(case).double())
 
 
 def _similarity(a: dict, b: dict, groups: list[PermGroup]) -> float:
@@ -100,7 +103,7 @@ def test_random_permutation_preserves_function(case):
     permuted = permute(state, groups, perms)
     _assert_states_equal(state, before)  # input untouched
     assert any(not torch.equal(permuted[k], state[k]) for k in state)
-    torch.testing.assert_close(_outputs(case, permuted), _outputs(case, state), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_outputs(case, permuted), _outputs(case, state), atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -120,7 +123,7 @@ def test_permuted_and_original_share_canonical_form(case):
     permuted = permute(state, groups, random_permutation(groups, torch.Generator().manual_seed(3)))
     canon_a, canon_b = canonicalize(state, reference, net), canonicalize(permuted, reference, net)
     _assert_states_equal(canon_a, canon_b)
-    torch.testing.assert_close(_outputs(case, canon_a), _outputs(case, state), atol=1e-5, rtol=0)
+    torch.testing.assert_close(_outputs(case, canon_a), _outputs(case, state), atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("case", CASES)

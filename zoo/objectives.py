@@ -70,6 +70,10 @@ class Objective:
     def error(self, metrics: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def to(self, dtype: torch.dtype) -> "Objective":
+        """The objective with its own tensors (if any) in `dtype`."""
+        return self
+
 
 class Classification(Objective):
     metric_names = ("loss", "acc")
@@ -114,6 +118,9 @@ class Convection(Objective):
         self.beta = float(beta)
         self.x_ic, self.u_ic = x_ic, u_ic  # (N0, 2), (N0, 1)
         self.x_left, self.x_right = x_left, x_right  # (Nb, 2) at x = 0 and x = 2π, the same t
+
+    def to(self, dtype: torch.dtype) -> "Convection":
+        return Convection(self.beta, *(t.to(dtype) for t in (self.x_ic, self.u_ic, self.x_left, self.x_right)))
 
     def residual(self, fwd: Forward, params: Params, buffers: Params, x: Tensor,
                  create_graph: bool = True) -> tuple[Tensor, Tensor]:

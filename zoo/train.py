@@ -153,24 +153,31 @@ class Population:
     """
 
     def __init__(self, task: Task, arch: dict, init: str, common: dict, members: list[MemberConfig],
-                 vectorize: str = "auto", states: list[dict] | None = None):
+                 vectorize: str = "auto", states: list[dict] | None = None, dtype: torch.dtype = torch.float32):
         if not members:
             raise ValueError("a population needs at least one member")
         if states is not None and len(states) != len(members):
             raise ValueError(f"{len(states)} states for {len(members)} members")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64 (got {dtype})")
+        # float64 is the oracle of the tests: the same members, inits drawn in float32 as always, then
+        # every floating-point tensor (weights, data, optimizer state) in float64
+        self.dtype = dtype
+        if dtype != torch.float32:
+            task = task.to(dtype)
         self.task, self.arch, self.init, self.common, self.members = task, dict(arch), init, common, members
         self.objective = task.objective
         self.template = self._build()
         if states is None:
-            states = [nets.init_(self._build(), m.seed, init).state_dict() for m in members]
+            states = [nets.init_(self._build(torch.float32), m.seed, init).state_dict() for m in members]
         self.param_names = [n for n, _ in self.template.named_parameters()]
         self.buffer_names = [n for n, _ in self.template.named_buffers()]
         # stacked leaves: name -> (members, *shape); copies (Ray hands out read-only arrays)
-        self.params = {n: _stack([s[n] for s in states]).requires_grad_(True) for n in self.param_names}
-        self.buffers = {n: _stack([s[n] for s in states]) for n in self.buffer_names}
+        self.params = {n: _stack([s[n] for s in states], dtype).requires_grad_(True) for n in self.param_names}
+        self.buffers = {n: _stack([s[n] for s in states], dtype) for n in self.buffer_names}
         M = len(members)
-        self.lr = torch.tensor([m.lr for m in members], dtype=torch.float32)  # (M,)
-        self.wd = torch.tensor([m.weight_decay for m in members], dtype=torch.float32)  # (M,)
+        self.lr = torch.tensor([m.lr for m in members], dtype=dtype)  # (M,)
+        self.wd = torch.tensor([m.weight_decay for m in members], dtype=dtype)  # (M,)
         self._any_wd = bool((self.wd != 0).any())
         self.alive = torch.ones(M, dtype=torch.bool)
         self._all_alive = True
@@ -188,9 +195,9 @@ class Population:
         self._opt_state: dict[str, dict[str, torch.Tensor]] = {}
         self.step_count = 0
 
-    def _build(self) -> nn.Module:
+    def _build(self, dtype: torch.dtype | None = None) -> nn.Module:
         knobs = {k: v for k, v in self.arch.items() if k != "family"}
-        return nets.build(self.arch["family"], self.task, **knobs)
+        return nets.build(self.arch["family"], self.task, **knobs).to(dtype or self.dtype)
 
     @classmethod
     def from_states(cls, task: Task, arch: dict, common: dict, members: list[MemberConfig],
@@ -292,35 +299,42 @@ class Population:
 
     def train_epoch(self, epoch: int, on_step: Callable[[int], None] | None = None) -> None:
         """One pass over the data; `on_step(step_count)` is called after every optimizer step."""
-        B, n, M = int(self.common["batch_size"]), self.x.shape[0], len(self.members)
-        total = self.n_steps_per_epoch * int(self.common["epochs"])
+        B, n = int(self.common["batch_size"]), self.x.shape[0]
         perms = torch.stack([torch.randperm(n, generator=g) for g in self.order_gens])  # (M, n)
-        leaves = list(self.params.values())
-        rows = torch.arange(M).unsqueeze(1)  # (M, 1)
         self.template.train()
         for s in range(0, n, B):
-            idx = perms[:, s : s + B]  # (M, b)
-            xb = self.x[idx]  # (M, b, *input_shape)
-            yb = self.y[rows, idx]  # (M, b, ...)
-            losses = self.objective.losses(self._fwd, self.params, self.buffers, xb, yb)  # (M,)
-            finite = torch.isfinite(losses)
-            if not bool(finite.all()):  # one host sync per step; rare branch
-                newly = self.alive & ~finite
-                for i in newly.nonzero().flatten().tolist():
-                    self.diverged_epoch[i] = epoch
-                self.alive &= finite
-                self._all_alive = bool(self.alive.all())
-                if not bool(self.alive.any()):
-                    return
-            if self._all_alive:
-                total_loss = losses.sum()
-            else:
-                total_loss = torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
-            grads = torch.autograd.grad(total_loss, leaves)
-            mult = lr_multiplier(self.common.get("schedule", "constant"), self.step_count, total)
-            self._optimizer_step(list(grads), mult)
+            if not self.train_step(perms[:, s : s + B], epoch):
+                return
             if on_step is not None:
                 on_step(self.step_count)
+
+    def train_step(self, idx: torch.Tensor, epoch: int) -> bool:
+        """One optimizer step of every member on its own batch `idx` (M, b) of training indices,
+        at the schedule's multiplier for the current step. A member whose loss is not finite is
+        frozen (recorded as diverged at `epoch`); returns False once no member is left."""
+        M = len(self.members)
+        total = self.n_steps_per_epoch * int(self.common["epochs"])
+        rows = torch.arange(M).unsqueeze(1)  # (M, 1)
+        xb = self.x[idx]  # (M, b, *input_shape)
+        yb = self.y[rows, idx]  # (M, b, ...)
+        losses = self.objective.losses(self._fwd, self.params, self.buffers, xb, yb)  # (M,)
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):  # one host sync per step; rare branch
+            newly = self.alive & ~finite
+            for i in newly.nonzero().flatten().tolist():
+                self.diverged_epoch[i] = epoch
+            self.alive &= finite
+            self._all_alive = bool(self.alive.all())
+            if not bool(self.alive.any()):
+                return False
+        if self._all_alive:
+            total_loss = losses.sum()
+        else:
+            total_loss = torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
+        grads = torch.autograd.grad(total_loss, list(self.params.values()))
+        mult = lr_multiplier(self.common.get("schedule", "constant"), self.step_count, total)
+        self._optimizer_step(list(grads), mult)
+        return True
 
     def fit(self, checkpoints: list[int], progress: Callable[[int, int], None] | None = None) -> list[MemberResult]:
         """Train for `epochs`; evaluate every epoch; snapshot state and exact metrics at checkpoints."""
@@ -358,9 +372,11 @@ class Population:
         ]
 
 
-def _stack(values: list) -> torch.Tensor:
-    return torch.stack([torch.tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v.detach().clone()
-                        for v in values])
+def _stack(values: list, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(M, *shape) copy of per-member tensors or arrays; floating-point ones in `dtype`."""
+    out = torch.stack([torch.tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v.detach().clone()
+                       for v in values])
+    return out.to(dtype) if out.is_floating_point() else out
 
 
 def train_members(task: Task, arch: dict, init: str, common: dict, members: list[MemberConfig],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +36,14 @@ class Task:
     @property
     def n_train(self) -> int:
         return int(self.x_train.shape[0])
+
+    def to(self, dtype: torch.dtype) -> "Task":
+        """This task with its floating-point tensors (inputs, PDE targets, the objective's
+        points) in `dtype`; class and token labels keep their integer type. Used to train a
+        population in float64, the oracle the float32 trainer is tested against."""
+        cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+        return replace(self, x_train=cast(self.x_train), y_train=cast(self.y_train), x_test=cast(self.x_test),
+                       y_test=cast(self.y_test), objective=self.objective.to(dtype))
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name == "train":
