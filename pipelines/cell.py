@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from zoo import tasks
-from zoo.landscape.cka import mean_pairwise_cka, penultimate_and_logits
+from zoo.landscape.cka import pairwise_cka, penultimate_and_logits
 from zoo.landscape.connectivity import connectivity, pairs
 from zoo.landscape.hessian import hessian_metrics
 from zoo.spec import parse_spec
@@ -27,6 +27,9 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
     """Hessian (per member, batched), CKA and mode connectivity (over seed pairs) of one cell.
 
     `member_ids`/`states`: the cell's models that did not diverge, at the metrics epoch.
+    Besides the means, the per-member Hessian values and the per-pair CKA and mc values are kept
+    (member_*, pair_*, pairs in connectivity.pairs order): the phase rule measures how far a cell
+    lies from a threshold in units of their spread (zoo.landscape.phases.decide_phase).
     """
     t0 = time.perf_counter()
     spec = parse_spec(spec_json, f"spec of zoo {spec_json.get('name')}")
@@ -34,7 +37,8 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
     out = {"hessian_top_eig": NAN, "hessian_trace": NAN, "hessian_trace_stderr": NAN, "log_hessian_trace": NAN,
            "cka_logits": NAN, "cka_features": NAN, "mc_loss": NAN, "mc_error": NAN, "n_pairs": 0,
            "curve_t": [], "curve_loss": [], "curve_error": [], "member_ids": list(member_ids),
-           "member_hessian_top_eig": [], "member_hessian_trace": []}
+           "member_hessian_top_eig": [], "member_hessian_trace": [],
+           "pair_mc_loss": [], "pair_mc_error": [], "pair_cka_logits": [], "pair_cka_features": []}
     if not member_ids:
         return {**out, "seconds": time.perf_counter() - t0}
     torch.set_num_threads(spec.compute.threads_per_worker)
@@ -62,8 +66,9 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
         # CKA between seeds on held-out data
         xt = task.x_test[: spec.metrics.cka.samples]
         reps = [penultimate_and_logits(pop.member_module(i), xt) for i in range(len(members))]
-        out.update(cka_features=mean_pairwise_cka([r[0] for r in reps]),
-                   cka_logits=mean_pairwise_cka([r[1] for r in reps]))
+        ck_features, ck_logits = pairwise_cka([r[0] for r in reps]), pairwise_cka([r[1] for r in reps])
+        out.update(cka_features=sum(ck_features) / len(ck_features), cka_logits=sum(ck_logits) / len(ck_logits),
+                   pair_cka_features=ck_features, pair_cka_logits=ck_logits)  # mean: NaN if a pair is NaN
         # mode connectivity over all seed pairs, the curves trained together
         pr = pairs(len(members))
         a, b = [i for i, _ in pr], [j for _, j in pr]
@@ -75,6 +80,7 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
                            lr=c.lr, points=c.points, seed=derived_seed("curve", cell_id) % 2**31,
                            objective=pop.objective, template=pop.template)
         out.update(mc_loss=float(res["mc_loss"].mean()), mc_error=float(res["mc_error"].mean()), n_pairs=len(pr),
+                   pair_mc_loss=res["mc_loss"].double().tolist(), pair_mc_error=res["mc_error"].double().tolist(),
                    curve_t=res["t"].double().tolist(), curve_loss=res["curve_loss"].mean(0).tolist(),
                    curve_error=res["curve_error"].mean(0).tolist())
     return {**out, "seconds": time.perf_counter() - t0}

@@ -1,8 +1,10 @@
 """The metrics stage: landscape metrics per cell as Ray tasks, phase labels, plots, card.
 
 Resumable like training: each cell's result is committed as data/<zoo>/cells-<i>-<j>.parquet;
-a rerun computes only missing cells (all of them when the metrics settings changed). Phase labels
-are (re)applied from the spec's thresholds at the end, then copied onto every model row.
+a rerun computes only missing cells (all of them when the metrics settings changed). Phase labels,
+their margins (how many seed spreads the deciding metric lies from its threshold) and the
+uncertain flag are (re)applied from the spec's thresholds at the end, from the stored values
+alone, then the labels are copied onto every model row.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pipelines.cell import cell_metrics, finite_mean
 from pipelines.runner import Job, Reporter, run_jobs
 from zoo import store
 from zoo.errors import ZooError
-from zoo.landscape.phases import label_cell
+from zoo.landscape.phases import decide_cell
 from zoo.spec import ZooSpec, parse_spec
 
 
@@ -93,11 +95,12 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
             "train_loss": finite_mean(ok["train_loss"]), "train_error": _train_error(ok),
             "test_loss": finite_mean(ok["test_loss"]), "test_acc": finite_mean(ok["test_acc"]),
             "test_rel_l2": finite_mean(ok["test_rel_l2"]),
+            "member_train_loss": [float(v) for v in ok["train_loss"]],  # seed order, like member_ids
         }
 
         def commit(res, path=path, summary=summary):
             res = {k: v for k, v in res.items() if k != "seconds"}
-            store.write_cell(path, {**summary, **res, "phase": ""})
+            store.write_cell(path, {**summary, **res, "phase": ""})  # labelled by _finish
 
         jobs.append(Job(f"{spec.name} cell {cell.id} ({len(ids)} models)", (spec_json, cell.id, ids, states), 1, commit))
     return jobs, len(cells)
@@ -109,21 +112,35 @@ def _train_error(ok) -> float:
     return 1 - acc if math.isfinite(acc) else finite_mean(ok["train_rel_l2"])
 
 
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
 def _finish(out: Path, spec: ZooSpec, entry: dict, manifest: dict) -> None:
-    """Label phases, copy cell metrics onto model rows, plot, and mark the zoo complete."""
+    """Label phases (with margins), copy cell metrics onto model rows, plot, and mark the zoo complete.
+
+    Cheap: only the stored cell rows are read, so new thresholds relabel without recomputing. A
+    cell file written before a column existed (e.g. the per-seed lists) is rewritten in the current
+    schema, the missing values null; its margin is then NaN and the cell counts as uncertain.
+    """
     th = spec.metrics.phases
+    schema = store.cell_schema()
     cells = {}
     for f in store.cell_files(out, spec.name):
-        row = pq.read_table(f).to_pylist()[0]
-        label = label_cell(row, th)
-        if label != row["phase"]:
-            row["phase"] = label
+        t = pq.read_table(f)
+        old = t.to_pylist()[0]
+        d = decide_cell(old, th)
+        row = {name: old.get(name) for name in schema.names}
+        row.update(phase=d.label, phase_margin=d.margin, phase_decided_by=d.decided_by, phase_uncertain=d.uncertain)
+        if not t.schema.equals(schema) or any(not _same(row[k], old.get(k)) for k in row):
             store.write_cell(f, row)
         cells[row["cell"]] = row
     store.annotate_models(out, spec.name, cells)
     draw_figures(out, spec.name, list(cells.values()), manifest)
-    phases = [c["phase"] for c in cells.values()]
-    entry.update(status="complete", phases={p: phases.count(p) for p in sorted(set(phases))})
+    labels = [c["phase"] for c in cells.values()]
+    unsure = [c["phase"] for c in cells.values() if c["phase_uncertain"]]
+    entry.update(status="complete", phases={p: labels.count(p) for p in sorted(set(labels))},
+                 phases_uncertain={p: unsure.count(p) for p in sorted(set(labels))})  # same keys, 0 included
 
 
 def draw_figures(out: Path, zoo: str, cells: list[dict], manifest: dict) -> list[Path]:
@@ -131,7 +148,9 @@ def draw_figures(out: Path, zoo: str, cells: list[dict], manifest: dict) -> list
     from zoo import plots
 
     fig_dir = out / "figures"
-    paths = plots.plot_zoo(cells, zoo, fig_dir)
+    phases_spec = manifest.get("zoos", {}).get(zoo, {}).get("spec", {}).get("metrics", {}).get("phases", {})
+    bound = phases_spec.get("margin", 1.0)  # the uncertainty bound the legend names; older specs: the default
+    paths = plots.plot_zoo(cells, zoo, fig_dir, margin_bound=bound)
     rows = store.read_rows(out, zoo).to_pandas()
     metric = "test_acc" if rows["test_acc"].notna().any() else "test_rel_l2"  # a PDE zoo has no accuracy
     paths.append(plots.learning_curves(rows, zoo, fig_dir / f"{zoo}-learning-curves.png", metric=metric))

@@ -99,6 +99,42 @@ def test_table_kinds_give_the_same_figure(tmp_path):
         plots.phase_map(rows, "missing", tmp_path / "m.png")
 
 
+def _tile(ax, ix: int, iy: int):
+    """The phase-colored Rectangle of tile (ix, iy) on a phase map's axes."""
+    from matplotlib.patches import Rectangle
+
+    found = [p for p in ax.patches if isinstance(p, Rectangle) and tuple(p.get_xy()) == (ix - 0.5, iy - 0.5)]
+    assert len(found) == 1, (ix, iy, found)
+    return found[0]
+
+
+def test_phase_map_hatches_uncertain_cells(tmp_path):
+    from matplotlib.colors import to_hex
+
+    rows = synthetic_cells()
+    for r in rows:
+        r["phase_uncertain"] = r["cell"] in ("T0L1", "T3L0")  # IV-A and I
+    rows[5]["phase_uncertain"] = None  # T1L1: no flag (an older table) -> drawn as certain
+    fig = plots.phase_map_figure(rows, ZOO, margin_bound=1.0)
+    ax = fig.axes[0]
+    for (ix, iy), phase, hatched in (((0, 1), "IV-A", True), ((3, 0), "I", True), ((0, 0), "III", False),
+                                     ((1, 1), "IV-A", False), ((4, 1), "I", False)):
+        tile = _tile(ax, ix, iy)
+        assert to_hex(tile.get_facecolor()) == plots.PHASE_COLORS[phase]  # the phase color stays under the hatching
+        assert (tile.get_hatch() == plots.UNCERTAIN_HATCH) is hatched, (ix, iy)
+        if not hatched:
+            assert not tile.get_hatch()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "hatched: margin < 1 seed spread or unknown (uncertain)" in legend
+    # no uncertain cell (or no flag at all): nothing hatched, no legend entry
+    for table in ([{**r, "phase_uncertain": False} for r in rows], [{k: v for k, v in r.items() if k != "phase_uncertain"}
+                                                                   for r in rows]):
+        ax = plots.phase_map_figure(table, ZOO).axes[0]
+        assert not _tile(ax, 0, 1).get_hatch()
+        assert not any("hatched" in t.get_text() for t in ax.get_legend().get_texts())
+    _check_png(plots.phase_map(rows, ZOO, tmp_path / "p.png"))
+
+
 def test_heatmap_unknown_metric(tmp_path):
     with pytest.raises(ValueError, match="test_acc"):
         plots.heatmap(synthetic_cells(), "accuracy", ZOO, tmp_path / "x.png")

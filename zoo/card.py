@@ -36,10 +36,16 @@ def _fmt_values(values) -> str:
     return ", ".join(f"{v:g}" for v in values)
 
 
-def _fmt_phases(phases: dict | None) -> str:
+def _fmt_phases(phases: dict | None, uncertain: dict | None = None) -> str:
+    """Cells per phase and, when the manifest has the counts (built since the margins exist), how
+    many of them are uncertain, e.g. `I: 7, II: 15 (3 uncertain), III: 2; 3 of 24 uncertain`."""
     if not phases:
         return "not computed"
-    return ", ".join(f"{p or 'undetermined'}: {n}" for p, n in phases.items())
+    counts = ", ".join(f"{p or 'undetermined'}: {n}" + (f" ({uncertain[p]} uncertain)" if uncertain and uncertain.get(p) else "")
+                       for p, n in phases.items())
+    if uncertain is None:
+        return counts
+    return f"{counts}; {sum(uncertain.values())} of {sum(phases.values())} uncertain"
 
 
 def render(manifest: dict, repo_id: str | None = None) -> str:
@@ -69,7 +75,7 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
             f"| {name} | {s['task']} | {s['model']['family']} | {t['param']}: {_fmt_values(t['values'])} "
             f"| {l['param']}: {_fmt_values(l['values'])} | {len(s['seeds'])} | {s['training']['epochs']} "
             f"| {z['models']} | {z['rows']} | {z['diverged']} | {z['n_params']['min']:,}–{z['n_params']['max']:,} "
-            f"| {_fmt_phases(z.get('phases'))} |"
+            f"| {_fmt_phases(z.get('phases'), z.get('phases_uncertain'))} |"
         )
     first = zoos[0] if zoos else "<zoo>"
     lines += [
@@ -101,6 +107,14 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         "the tolerance) or II (connected); trained cells are III (barrier) or IV (connected), split "
         "by the CKA of the seeds' logits into IV-A (low) and IV-B (high). The label and the cell's "
         "metrics are copied onto every model row of the cell.",
+        "",
+        "A label near a threshold is not robust: float32 training rounds differently on different CPUs, "
+        "so a rebuild elsewhere can move a metric across it. Each cell therefore records `phase_margin`, "
+        "the distance of its deciding metric from its threshold in units of the seeds' sample standard "
+        "deviation of that metric (the smallest along the decision path), `phase_decided_by`, the metric "
+        "with that margin, and `phase_uncertain`, true when the margin is below the spec's "
+        "`metrics.phases.margin` (default 1 spread) or cannot be estimated (fewer than 2 seeds or seed "
+        "pairs). The table above counts the uncertain cells of each phase; the phase diagram hatches them.",
         "",
         "## Columns",
         "",

@@ -148,6 +148,8 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, message: str 
                                   "bytes": (stage / "README.md").stat().st_size}
             merged["files"] = dict(sorted(files.items()))
             merged["versions"] = store.versions()
+            if "machine" in local:  # where the pushed zoos were built (a remote-only zoo keeps no block of its own)
+                merged["machine"] = local["machine"]
             (stage / "manifest.json").write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
             ops += [CommitOperationAdd(path_in_repo=n, path_or_fileobj=str(stage / n)) for n in ("README.md", "manifest.json")]
             ops += [CommitOperationDelete(path_in_repo=k) for k in stale]  # a rebuilt zoo's files that are gone

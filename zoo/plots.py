@@ -39,6 +39,8 @@ __all__ = [
     "Grid",
     "heatmap",
     "phase_map",
+    "phase_map_figure",
+    "UNCERTAIN_HATCH",
     "plot_zoo",
     "learning_curves",
     "axis_label",
@@ -101,6 +103,8 @@ PHASE_COLORS: dict[str, str] = {
 }
 _NAN_COLOR = "#ececec"
 _HATCH_EDGE = "#b5b5b5"
+UNCERTAIN_HATCH = "///"  # over the phase color: the label is within the bound of its threshold
+_UNCERTAIN_EDGE = "#555555"
 
 
 # ---- input tables ----------------------------------------------------------------------------
@@ -407,23 +411,37 @@ def _normalize_phase(p: Any) -> str:
     return s if s in PHASES else UNKNOWN
 
 
-def phase_map(cells: Any, zoo: str, path: Path) -> Path:
-    """PNG of the phase labels on the plane: one fixed color per phase, the label in each tile."""
+def _is_true(v: Any) -> bool:
+    """A stored flag: True / 1 count; None, NaN and a missing column do not (no claim made)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return False
+    return bool(v)
+
+
+def phase_map_figure(cells: Any, zoo: str, margin_bound: float = 1.0) -> Figure:
+    """The phase map as a Figure (phase_map saves it): one fixed color per phase, the label in
+    each tile; a cell whose `phase_uncertain` is true (its deciding metric lies less than
+    `margin_bound` seed spreads from its threshold, zoo.landscape.phases) is hatched '///' over
+    its phase color, and the legend says what the hatching means."""
     df = _cells_frame(cells, zoo)
     if "phase" not in df.columns:
         df["phase"] = None
+    if "phase_uncertain" not in df.columns:
+        df["phase_uncertain"] = None  # a table from before the flag: nothing is hatched
     grid = phase_grid(df, zoo)
     ny, nx = grid.shape
     labels = [[None] * nx for _ in range(ny)]
-    for ix, iy, p in zip(grid.frame["_ix"], grid.frame["_iy"], grid.frame["phase"]):
-        if labels[iy][ix] in (None, UNKNOWN):
+    uncertain = [[False] * nx for _ in range(ny)]
+    for ix, iy, p, u in zip(grid.frame["_ix"], grid.frame["_iy"], grid.frame["phase"], grid.frame["phase_uncertain"]):
+        if labels[iy][ix] in (None, UNKNOWN):  # duplicate cells: the first labelled row, with its flag
             labels[iy][ix] = _normalize_phase(p)
+            uncertain[iy][ix] = _is_true(u)
 
     fig = _new_figure(_plane_figsize(nx, ny, extra_w=3.6))
     ax = fig.add_subplot()
     _setup_plane(ax, grid)
     fs = _tile_fontsize(nx, ny) + 2
-    seen = set()
+    seen, any_uncertain = set(), False
     for iy in range(ny):
         for ix in range(nx):
             lab = labels[iy][ix] or UNKNOWN
@@ -431,25 +449,38 @@ def phase_map(cells: Any, zoo: str, path: Path) -> Path:
             if lab == UNKNOWN:
                 _nan_tile(ax, ix, iy, fs, text="?")
                 continue
-            ax.add_patch(Rectangle((ix - 0.5, iy - 0.5), 1, 1, facecolor=PHASE_COLORS[lab], linewidth=0, zorder=1))
-            ax.text(ix, iy, lab, ha="center", va="center", fontsize=fs, fontweight="bold", color="#222222", zorder=3)
+            color, hatched = PHASE_COLORS[lab], uncertain[iy][ix]
+            any_uncertain |= hatched
+            ax.add_patch(Rectangle((ix - 0.5, iy - 0.5), 1, 1, facecolor=color, linewidth=0, zorder=1,
+                                   hatch=UNCERTAIN_HATCH if hatched else None, edgecolor=_UNCERTAIN_EDGE))
+            box = dict(boxstyle="round,pad=0.15", facecolor=color, edgecolor="none") if hatched else None
+            ax.text(ix, iy, lab, ha="center", va="center", fontsize=fs, fontweight="bold", color="#222222", zorder=3, bbox=box)
     ax.set_axisbelow(False)  # keep the white tile separators on top of the patches
     handles = [Patch(facecolor=PHASE_COLORS[p], label=f"{p}: {meaning}") for p, meaning in PHASES.items()]
     if UNKNOWN in seen:
         handles.append(Patch(facecolor=_NAN_COLOR, edgecolor=_HATCH_EDGE, hatch="///", label="?: unknown (no label)"))
+    if any_uncertain:
+        handles.append(Patch(facecolor="white", edgecolor=_UNCERTAIN_EDGE, hatch=UNCERTAIN_HATCH,
+                             label=f"hatched: margin < {margin_bound:g} seed spread or unknown (uncertain)"))
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.03, 0.5), frameon=False, title="phase", alignment="left",
               fontsize=9, title_fontsize=10, handlelength=1.6, handleheight=1.2)
     ax.set_title(f"{zoo}: phases")
-    return _save(fig, path)
+    return fig
 
 
-def plot_zoo(cells: Any, zoo: str, out_dir: Path) -> list[Path]:
+def phase_map(cells: Any, zoo: str, path: Path, margin_bound: float = 1.0) -> Path:
+    """PNG of the phase labels on the plane (phase_map_figure), uncertain cells hatched."""
+    return _save(phase_map_figure(cells, zoo, margin_bound), path)
+
+
+def plot_zoo(cells: Any, zoo: str, out_dir: Path, margin_bound: float = 1.0) -> list[Path]:
     """Write `<zoo>-phases.png` and `<zoo>-<metric>.png` for every metric of METRICS with at
-    least one finite value into out_dir (created); returns the paths, phases first."""
+    least one finite value into out_dir (created); returns the paths, phases first.
+    `margin_bound`: the spec's metrics.phases.margin, named in the phase map's legend."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = _cells_frame(cells, zoo)
-    paths = [phase_map(df, zoo, out_dir / f"{zoo}-phases.png")]
+    paths = [phase_map(df, zoo, out_dir / f"{zoo}-phases.png", margin_bound)]
     for metric in METRICS:
         if metric not in df.columns:
             continue

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zoo.errors import ZooError
+from zoo.machine import machine_info
 
 FORMAT = "weight-zoo/1"
 TMP_SUFFIX = ".tmp"
@@ -116,7 +117,18 @@ CELL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "member_ids": (pa.list_(pa.string()), "model ids measured, in seed order"),
     "member_hessian_top_eig": (pa.list_(pa.float64()), "each model's own top Hessian eigenvalue"),
     "member_hessian_trace": (pa.list_(pa.float64()), "each model's own Hessian trace"),
+    "member_train_loss": (pa.list_(pa.float64()), "each model's own training loss at the metrics epoch"),
+    "pair_mc_loss": (pa.list_(pa.float64()), "mc_loss of each seed pair (pairs (i, j), i < j, of member_ids, in order)"),
+    "pair_mc_error": (pa.list_(pa.float64()), "mc_error of each seed pair"),
+    "pair_cka_logits": (pa.list_(pa.float64()), "cka_logits of each seed pair"),
+    "pair_cka_features": (pa.list_(pa.float64()), "cka_features of each seed pair"),
     "phase": CELL_METRICS["phase"],
+    "phase_margin": (pa.float64(), "distance of the label's deciding metric from its threshold in seed standard "
+                                   "deviations (smallest along the decision path); NaN when no spread can be estimated"),
+    "phase_decided_by": (pa.string(), "metric with that smallest margin: train_loss, log_hessian_trace, mc_loss/mc_error "
+                                      "or cka_logits/cka_features"),
+    "phase_uncertain": (pa.bool_(), "phase_margin below the spec's metrics.phases.margin (default 1) or NaN: "
+                                    "the label may differ on another machine"),
 }
 
 
@@ -307,6 +319,15 @@ def versions() -> dict[str, str]:
     return out
 
 
+def build_machine(manifest: dict) -> dict:
+    """The machine block of a manifest: this CPU, torch, and the training threads per worker
+    (`compute.threads_per_worker` of its zoos; the largest where they differ). Bytes are
+    reproducible on one machine; across CPUs the float32 training differs by rounding (README)."""
+    threads = [int(z.get("spec", {}).get("compute", {}).get("threads_per_worker", 1))
+               for z in manifest.get("zoos", {}).values()]
+    return machine_info(torch_threads=max(threads, default=1))
+
+
 def read_manifest(root: Path) -> dict:
     path = root / "manifest.json"
     if not path.exists():
@@ -367,6 +388,7 @@ def refresh_manifest(root: Path, manifest: dict) -> dict:
         str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in tracked_files(root)
     }
     manifest["versions"] = versions()
+    manifest["machine"] = build_machine(manifest)
     write_manifest(root, manifest)
     return manifest
 

@@ -35,16 +35,19 @@ def linear_cka(X: Tensor, Y: Tensor) -> float:
     return float(num / den)
 
 
+def pairwise_cka(features: list[Tensor]) -> list[float]:
+    """Linear CKA of every unordered pair (i < j, in the order of connectivity.pairs); [] if fewer than 2."""
+    return [linear_cka(a, b) for a, b in itertools.combinations(features, 2)]
+
+
 def mean_pairwise_cka(features: list[Tensor]) -> float:
     """Mean linear CKA over all unordered pairs of representations; nan if fewer than 2.
 
     A pair whose CKA is nan (a constant representation) makes the mean nan: a dead network
     is reported, not averaged away.
     """
-    if len(features) < 2:
-        return float("nan")
-    values = [linear_cka(a, b) for a, b in itertools.combinations(features, 2)]
-    return sum(values) / len(values)
+    values = pairwise_cka(features)
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _head(net: nn.Module) -> nn.Module:
