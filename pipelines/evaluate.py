@@ -17,9 +17,15 @@ The protocol every weight generator shares (GHNs now, the diffusion generator la
   final score of (a) with the same seed; speedup = steps of (a) / steps of (b), both counted as at
   least 1 (a target reached at step 0 means "within the first step"). When (b) never reaches it,
   the speedup is reported as steps(a) / total steps, an upper bound, flagged `reached: false`.
+  A case's speedup is the median over the seeds that have a target (random init did not diverge).
+* Bounds. Per seed a speedup is exact, a lower bound (b at the target at step 0) or an upper bound
+  (b never at it). The median is monotone in every seed's value, so a case's median is a lower
+  bound when some seeds are lower bounds and none an upper bound (mark "≥"), an upper bound in the
+  mirror case ("<"), and neither when both occur ("~", `speedup_bound: "mixed"`); see speedup_bound.
 
-Outputs (`--out DIR`): results.json (entries per case and generator, and `summary`), results.md
-(the table) and PNG curves of the score against the step.
+Outputs (`--out DIR`): results.json (entries per case and generator, `summary`, and `machine`, the
+CPU, torch build and threads the numbers come from: float32 training is reproducible on one machine,
+not across machines), results.md (the table) and PNG curves of the score against the step.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from hypernet.conditions import ConditionSpec
 from pipelines.zoodata import ArchCase, ZooCell, load_cells, make_split, split_digest
 from zoo import nets
 from zoo.errors import ZooError
+from zoo.machine import machine_info
 from zoo.train import MemberConfig, Population
 
 GENERATORS = ("random", "hypernet", "nearest")
@@ -161,18 +168,29 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
             per_seed.append(_measures(c, finals_a[s], higher, total, pop.diverged_epoch[labels.index((g, s))]))
         out["generators"][g] = {"per_seed": per_seed, "curve_steps": [p for p, _ in curves[labels.index((g, seeds[0]))]],
                                 "curves": [[v for _, v in curves[labels.index((g, s))]] for s in seeds]}
-    base = out["generators"]["random"]["per_seed"]
-    for g, rec in out["generators"].items():
+    aggregate(out["generators"], total)
+    return out
+
+
+def aggregate(generators: dict[str, dict], total: int) -> None:
+    """Fill each generator's record from its `per_seed` measures (in place): mean scores, steps to
+    target and speedups per seed, the case's speedup (median over the seeds with a target), whether
+    every seed reached the target, the speedup's bound kind, and the final-score difference to random."""
+    base = generators["random"]["per_seed"]
+    for g, rec in generators.items():
         ps = rec["per_seed"]
         rec["final"] = float(np.mean([p["final"] for p in ps]))
         rec["at_step"] = {k: float(np.mean([p["at_step"][k] for p in ps])) for k in ps[0]["at_step"]}
         rec["steps_to_target"] = [p["steps_to_target"] for p in ps]
         sp = [_speedup(b["steps_to_target"], p["steps_to_target"], total) for p, b in zip(ps, base)]
-        rec["speedup"] = float(np.median(sp))
+        counted = [x for x in sp if math.isfinite(x)]
+        rec["speedup"] = float(np.median(counted)) if counted else float("nan")
         rec["speedup_per_seed"] = sp
         rec["reached"] = all(p["steps_to_target"] is not None for p in ps)
+        # random init against itself is 1 by definition, not a bound
+        rec["speedup_bound"] = ("exact" if counted else None) if g == "random" else speedup_bound(
+            [b["steps_to_target"] for b in base], rec["steps_to_target"])
         rec["final_delta"] = float(np.mean([p["final"] - b["final"] for p, b in zip(ps, base)]))
-    return out
 
 
 def _speedup(steps_a: int | None, steps_b: int | None, total: int) -> float:
@@ -183,6 +201,40 @@ def _speedup(steps_a: int | None, steps_b: int | None, total: int) -> float:
     if steps_b is None:
         return max(1, steps_a) / total
     return max(1, steps_a) / max(1, steps_b)
+
+
+BOUNDS = ("exact", "lower", "upper", "mixed")
+MARKS = {"exact": "", "lower": "≥", "upper": "<", "mixed": "~", None: ""}
+MARK_LEGEND = ("≥ x: a lower bound (some seeds met the target at step 0, counted as one step, and none "
+               "missed it); < x: an upper bound (some seeds never met it, counted as all steps, and none "
+               "met it at step 0); ~ x: neither (some seeds met it at step 0, others never); no mark: exact")
+
+
+def speedup_bound(steps_random: list[int | None], steps_gen: list[int | None]) -> str | None:
+    """What a case's median speedup is: "exact", "lower" (bound), "upper" (bound) or "mixed" (neither).
+
+    Per seed with a target (random init's steps not None), the speedup is a lower bound when the
+    generator is at the target at step 0 (its true steps are at most the one counted), an upper
+    bound when it never gets there (its true steps exceed the total), exact otherwise. The median
+    over seeds is monotone in each seed's value, so it is a lower bound when some seed is a lower
+    bound and none an upper one, the mirror for upper, and no bound at all when both occur.
+    None when no seed has a target (the speedup is undefined)."""
+    kinds = {"upper" if b is None else "lower" if b == 0 else "exact"
+             for a, b in zip(steps_random, steps_gen) if a is not None}
+    if not kinds:
+        return None
+    if {"lower", "upper"} <= kinds:
+        return "mixed"
+    return "lower" if "lower" in kinds else "upper" if "upper" in kinds else "exact"
+
+
+def speedup_cell(rec: dict, random_rec: dict) -> str:
+    """A generator's case speedup as printed in the tables: the bound mark, then the median."""
+    sp = rec.get("speedup")  # NaN in memory, null in results.json when no seed has a target
+    if sp is None or not math.isfinite(sp):
+        return "–"
+    kind = speedup_bound(random_rec["steps_to_target"], rec["steps_to_target"])
+    return f"{MARKS[kind]}{sp:.1f}"
 
 
 def _measures(curve: list[tuple[int, float]], target: float, higher: bool, total: int, diverged) -> dict:
@@ -225,6 +277,11 @@ def summarize(results: list[dict], generator: str) -> dict:
         # before any step, for every seed (their speedup is steps(a) / 1)
         "at_target_from_step0": {grp: sum(r["group"] == grp and generator in r["generators"] and all(
             x == 0 for x in r["generators"][generator]["steps_to_target"]) for r in results) for grp in ("cells", "archs")},
+        # per group, how many cases' speedups are exact, lower bounds, upper bounds or neither
+        # (mixed); cases without a defined speedup are in none of them
+        "speedup_bounds": {grp: _bound_counts([r for r in results if r["group"] == grp], generator)
+                           for grp in ("cells", "archs")},
+        "nearest_speedup_bounds_cells": _bound_counts([r for r in results if r["group"] == "cells"], "nearest"),
         # cases the generator cannot produce (excluded from the medians above), with the reason
         "unsupported": {r["case"]: r["unsupported"][generator] for r in results if r.get("unsupported")},
         "n_cases": {"cells": sum(r["group"] == "cells" for r in results),
@@ -237,6 +294,12 @@ def summarize(results: list[dict], generator: str) -> dict:
         and s["final_acc_delta_median"] >= -2 * (noise or 0.0),
     }
     return s
+
+
+def _bound_counts(results: list[dict], generator: str) -> dict[str, int]:
+    kinds = [speedup_bound(r["generators"]["random"]["steps_to_target"], r["generators"][generator]["steps_to_target"])
+             for r in results if generator in r["generators"]]
+    return {k: kinds.count(k) for k in BOUNDS}
 
 
 def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | None = None,
@@ -263,6 +326,7 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
     if seeds is None:
         seeds = sorted({m.seed for c in cells for m in c.members})[:2]
     name = name or hypernet_dir.name
+    machine = machine_info(torch_threads=torch.get_num_threads())  # Population trains on this setting
     results, t0 = [], time.perf_counter()
     bar = _bar(progress, len(cases))
     try:
@@ -284,6 +348,7 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
                     "steps-to-target = first step reaching the final score of random init (same seed)",
         "split_notes": split.notes,
         "seconds": time.perf_counter() - t0,
+        "machine": machine,
         "summary": summarize(results, "hypernet"),
         "results": results,
     }
@@ -410,24 +475,43 @@ def _fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
+def machine_line(m: dict | None) -> str:
+    """One line naming the machine of a results.json (older files have none)."""
+    if not m:
+        return "machine not recorded"
+    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} "
+            f"({m.get('cpu_capability', '?')}), {m.get('torch_threads', '?')} threads")
+
+
+def _bounds_note(counts: dict | None) -> str:
+    """E.g. "speedups: 2 exact, 1 ≥, 0 <, 1 ~" (older summaries have no counts: "")."""
+    if not counts:
+        return ""
+    return "speedups: " + ", ".join(f"{counts.get(k, 0)} {MARKS[k] or k}" for k in BOUNDS)
+
+
 def markdown(doc: dict) -> str:
     s = doc["summary"]
+    bounds = s.get("speedup_bounds", {})
     lines = [
         f"# Init benchmark: {doc['hypernet']} ({doc.get('kind')})",
         "",
         f"Zoo `{doc['zoo']}`, seeds {doc['seeds']}; score = {doc['results'][0]['metric']} "
         f"(mean over seeds). Speedup = steps for random init to reach its own final score / steps for "
-        f"the generator's init (median over seeds; ≥ means the target was reached within the first step, "
-        f"< that it was never reached).",
+        f"the generator's init (median over seeds). Machine: {machine_line(doc.get('machine'))}.",
+        "",
+        f"Marks: {MARK_LEGEND}.",
         "",
         f"- median speedup, held-out cells: **{_fmt(s['median_speedup_cells'], 1)}** (goal ≥ 5); "
         f"{s['at_target_from_step0']['cells']} of {s['n_cases']['cells']} cells at random init's final score "
-        f"from step 0",
-        f"- median speedup, held-out architectures: **{_fmt(s['median_speedup_archs'], 1)}** (goal ≥ 2)",
+        f"from step 0" + (f"; {_bounds_note(bounds.get('cells'))}" if bounds else ""),
+        f"- median speedup, held-out architectures: **{_fmt(s['median_speedup_archs'], 1)}** (goal ≥ 2)"
+        + (f"; {_bounds_note(bounds.get('archs'))}" if bounds else ""),
         f"- median final-score difference (hypernet − random): **{_fmt(s['final_acc_delta_median'])}** "
         f"(seed-to-seed std of random's final score: {_fmt(s['seed_noise_final_std_median'])})",
         f"- nearest zoo model, held-out cells: median speedup {_fmt(s['nearest_median_speedup_cells'], 1)}, "
-        f"final difference {_fmt(s['nearest_final_acc_delta_median_cells'])}",
+        f"final difference {_fmt(s['nearest_final_acc_delta_median_cells'])}"
+        + (f"; {_bounds_note(s.get('nearest_speedup_bounds_cells'))}" if s.get("nearest_speedup_bounds_cells") else ""),
         "",
         "| case | T | load | generator | step 0 | step 10 | step 100 | end | steps to target | speedup |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -435,9 +519,7 @@ def markdown(doc: dict) -> str:
     for r in doc["results"]:
         for g, rec in r["generators"].items():
             steps = ", ".join("never" if x is None else str(x) for x in rec["steps_to_target"])
-            mark = "" if g == "random" else ("≥" if any(x == 0 for x in rec["steps_to_target"] if x is not None)
-                                              else ("<" if not rec["reached"] else ""))
-            sp = "1" if g == "random" else f"{mark}{rec['speedup']:.1f}"
+            sp = "1" if g == "random" else speedup_cell(rec, r["generators"]["random"])
             a = rec["at_step"]
             lines.append(f"| {r['case']} | {r['temperature']:g} | {r['load']:g} | {g} | {_fmt(a['0'])} | "
                          f"{_fmt(a['10'])} | {_fmt(a['100'])} | {_fmt(a['end'])} | {steps} / {r['steps_total']} | {sp} |")
@@ -500,8 +582,15 @@ def compare(docs: list[dict]) -> str:
         f"{g} step 0 / Δfinal / speedup" for g, _ in gens[1:]) + " |"
     lines = [f"Same held-out cases, seeds {docs[0]['seeds']}; score = {metric}. Per generator: score at step 0, "
              "final score minus random init's, speedup (steps of random init to its final score / the "
-             "generator's; ≥ marks a target met at step 0, < one never met).", "", head,
-             "|" + "---|" * (4 + len(gens) - 1)]
+             f"generator's, median over seeds). Marks: {MARK_LEGEND}.", ""]
+    machines = [d.get("machine") for d in docs]
+    if all(m == machines[0] for m in machines):
+        lines += [f"Machine: {machine_line(machines[0])}.", ""]
+    else:
+        lines += ["Machines differ (float32 training drifts apart across CPUs, kernels and thread counts, so "
+                  "differences of a few seed-noise widths may come from the machine, not the generator):", ""]
+        lines += [f"- {d['hypernet']}: {machine_line(m)}" for d, m in zip(docs, machines)] + [""]
+    lines += [head, "|" + "---|" * (4 + len(gens) - 1)]
     for k, case in enumerate(cases):
         r0 = base[k]
         row = [case, f"{r0['temperature']:g}", f"{r0['load']:g}", _fmt(r0["generators"]["random"]["final"])]
@@ -511,9 +600,8 @@ def compare(docs: list[dict]) -> str:
             if rec is None:
                 row.append("unsupported" if r.get("unsupported") else "–")
                 continue
-            mark = "≥" if any(x == 0 for x in rec["steps_to_target"] if x is not None) else (
-                "<" if not rec["reached"] else "")
-            row.append(f"{_fmt(rec['at_step']['0'])} / {rec['final_delta']:+.3f} / {mark}{rec['speedup']:.1f}")
+            row.append(f"{_fmt(rec['at_step']['0'])} / {rec['final_delta']:+.3f} / "
+                       f"{speedup_cell(rec, r['generators']['random'])}")
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "| generator | median speedup, cells | median speedup, architectures | median Δfinal | "
               "median step-0 score | goals met |", "|---|---|---|---|---|---|"]

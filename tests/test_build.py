@@ -13,6 +13,7 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 import zoo
@@ -54,6 +55,11 @@ def test_layout_manifest_and_info(built):
     assert z["status"] == "complete" and z["models"] == 8 and z["cells"] == 4 and z["rows"] == 8 * 3
     assert z["spec"]["axes"]["load"]["values"] == [4, 8]
     assert set(m["versions"]) >= {"torch", "datasets", "ray"}
+    # the machine the numbers come from: a user comparing builds can tell whether machines match
+    from zoo.machine import cpu_model
+    assert m["machine"]["cpu"] == cpu_model() and m["machine"]["torch"] == torch.__version__
+    assert m["machine"]["torch_threads"] == z["spec"]["compute"]["threads_per_worker"]
+    assert m["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert len(list((built / "data/tiny_grid").glob("models-*.parquet"))) == 8
     assert list((built / "weights/tiny_grid").glob("shard-*.safetensors"))
     assert not list(built.rglob("*.tmp"))
@@ -79,12 +85,42 @@ def test_load_dataset_with_declared_features(built):
     assert all(len(c) == 4 for c in ds["curve_test_acc"])
 
 
+def _independent_metrics(model, task_name: str) -> tuple[float, float, int]:
+    """Test loss and accuracy of `model` recomputed without the zoo's evaluation code: one forward
+    pass over the whole test split, plain cross_entropy on the float64 logits, argmax accuracy;
+    and the number of test samples whose top two logits are so close that a last-bit difference
+    in the logits could flip the argmax."""
+    import torch
+    import torch.nn.functional as F
+
+    from zoo import tasks
+
+    x, y = tasks.load(task_name).split("test")
+    model.eval()
+    with torch.no_grad():
+        z = model(x)  # (N, classes) float32
+    loss = F.cross_entropy(z.double(), y).item()
+    acc = (z.argmax(-1) == y).double().mean().item()
+    top2 = z.double().topk(2, dim=-1).values
+    near_ties = int((top2[:, 0] - top2[:, 1] <= 1e-5 * top2.abs().max(-1).values.clamp_min(1)).sum())
+    return loss, acc, near_ties
+
+
 def test_load_model_reproduces_the_row(built):
     ds = datasets.load_dataset(str(built), "tiny_grid", split="train")
     for i in (0, 5, 23):
         row = ds[i]
         model = zoo.load_model(row)
         assert zoo.evaluate(model, row["task"]) == {"test_loss": row["test_loss"], "test_acc": row["test_acc"]}
+        # and the row's numbers are the metric's definition, not only what the same code gives twice.
+        # The row's loss sums float32 per-sample cross entropies (chunks of 1000) in float64; this one
+        # takes the float32 logits to float64 first. The two differ by the float32 rounding of the
+        # log-softmax, ~1e-7 relative per sample and averaging out over the split: 1e-6 relative is
+        # well above that and far below any change of definition (a train split, noisy labels, a sum).
+        loss, acc, near_ties = _independent_metrics(model, row["task"])
+        assert loss == pytest.approx(row["test_loss"], rel=1e-6, abs=0)
+        # accuracy: exact, unless a sample's top two logits tie to within float32 rounding
+        assert abs(acc - row["test_acc"]) * 1000 <= near_ties + 1e-9, (acc, row["test_acc"], near_ties)
         from_shard = zoo.load_model(row, root=built)
         for k, v in model.state_dict().items():
             assert v.equal(from_shard.state_dict()[k])
@@ -172,25 +208,76 @@ def test_dead_worker_is_retried(built, spec_file, tmp_path):
     assert snapshot(out) == snapshot(built)
 
 
+def _live_processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every running process (unreaped zombies left out)."""
+    ps = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid=,stat="], capture_output=True, text=True).stdout
+    return {int(p): (int(pp), int(g)) for p, pp, g, st in (ln.split() for ln in ps.splitlines()) if not st.startswith("Z")}
+
+
+def _cluster_pids(pgid: int) -> set[int]:
+    """The running processes of a cluster started as process group `pgid`: the group (GCS, raylet,
+    agents) and their descendants (the raylet starts each worker in a process group of its own)."""
+    procs = _live_processes()
+    pids = {p for p, (_, g) in procs.items() if g == pgid}
+    while True:
+        more = {p for p, (pp, _) in procs.items() if pp in pids} - pids
+        if not more:
+            return pids
+        pids |= more
+
+
+def _stop_cluster(pgid: int, grace: float = 5.0) -> None:
+    """SIGTERM the cluster's processes, then SIGKILL those left after `grace` seconds."""
+    pids: set[int] = set()
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        pids |= _cluster_pids(pgid)  # workers keep their pid once the raylet is gone and they are orphaned
+        for pid in pids & set(_live_processes()):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if _wait_for(lambda: not pids & set(_live_processes()), timeout=wait, every=0.1):
+            return
+
+
 def test_joins_an_existing_cluster(built, spec_file, tmp_path):
-    """`--address` connects to a running Ray cluster (a head node started here) instead of starting one."""
+    """`--address` connects to a running Ray cluster (a head node started here) instead of starting one.
+
+    The head runs in its own session with its own temp dir: `ray start` leads a process group that
+    the cluster's GCS, raylet and agents inherit, and the raylet starts the workers as its children,
+    so stopping that group and its descendants stops this cluster only (`ray stop` stops every Ray
+    on the machine and has no option to name one); the temp dir keeps other `ray.init()`s from
+    finding it."""
+    import shutil
     import socket
+    import tempfile
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray_cli = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    start = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address",
-                            "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=120)
-    assert start.returncode == 0, start.stderr
+    temp_dir = tempfile.mkdtemp(prefix="ray-test-", dir="/tmp")  # short: Ray's socket paths live under it
+    start = subprocess.Popen([ray_cli, "start", "--head", "--num-cpus", "2", "--port", str(port), "--node-ip-address",
+                              "127.0.0.1", "--include-dashboard", "false", "--disable-usage-stats",
+                              "--temp-dir", temp_dir],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    pgid = start.pid  # a new session's leader: its pid is the session's and the group's id
     try:
+        _, err = start.communicate(timeout=120)
+        assert start.returncode == 0, err
+        assert _cluster_pids(pgid), "ray start left no process in its group"
         out = tmp_path / "on-cluster"
         r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(spec_file), "--out", str(out),
                             "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 0, r.stderr
         assert f"cluster 127.0.0.1:{port}" in " ".join(r.stderr.split())
         assert snapshot(out) == snapshot(built)
+        cluster = _cluster_pids(pgid)  # with the workers the build ran on
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        _stop_cluster(pgid)
+        if start.poll() is None:  # `ray start` itself hung: stopped with its group above
+            start.wait(timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not cluster & set(_live_processes()) and not _cluster_pids(pgid)

@@ -17,11 +17,23 @@ def test_mode_connectivity_known_values():
         [0.0, 0.1, 0.9, 0.2, 0.2],    # unequal endpoints: deviation from their mean 0.1
     ], dtype=torch.float64)
     mc = mode_connectivity(v)
-    assert mc.tolist() == pytest.approx([-0.8, 0.6, 0.0, -0.8])
+    # float64: each value is one subtraction and one halving away from the decimals above, a few
+    # units in the last place (~1e-16) at most
+    assert mc.tolist() == pytest.approx([-0.8, 0.6, 0.0, -0.8], rel=0, abs=1e-15)
     # endpoints are excluded from t*: a straight line between unequal endpoints is not reported
-    # as a barrier of ½|v0 - v1| (it would be with t* allowed at an endpoint)
+    # as a barrier of ½|v0 - v1| = 0.5 (it would be with t* allowed at an endpoint). Its interior
+    # deviations from ½(v0+v1) = 0.5 are -0.25, 0, +0.25; every value here is a dyadic fraction, so
+    # float64 computes them exactly and the answer is exactly 0.25 in size. Its sign is the argmax's
+    # tie-break (the first of the two equal |deviations|: +0.25 going up, -0.25 going down), so only
+    # the size is asserted here and the sign on curves without a tie below.
     straight = torch.tensor([[0.0, 0.25, 0.5, 0.75, 1.0]], dtype=torch.float64)
-    assert abs(mode_connectivity(straight).item()) < 0.5
+    assert mode_connectivity(straight).abs().tolist() == [0.25]
+    assert mode_connectivity(straight.flip(1)).abs().tolist() == [0.25]
+    # monotone curves without a tie, also exact: below the chord at t* (a bonus) is mc > 0, above
+    # it (a barrier) mc < 0
+    below = torch.tensor([[0.0, 0.125, 0.5, 0.75, 1.0]], dtype=torch.float64)  # deviations -0.375, 0, 0.25
+    above = torch.tensor([[0.0, 0.25, 0.5, 0.875, 1.0]], dtype=torch.float64)  # deviations -0.25, 0, 0.375
+    assert mode_connectivity(torch.cat([below, above])).tolist() == [0.375, -0.375]
     with pytest.raises(ValueError, match="at least 3 points"):
         mode_connectivity(v[:, :2])
 

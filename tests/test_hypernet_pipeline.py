@@ -6,8 +6,10 @@ T0L1 out of hypernet training.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ from hypernet.conditions import AxisNorm, ConditionSpec
 from pipelines.fit import HypernetConfig, Trainer, load_config, read_run, train
 from pipelines.zoodata import held_out_cell, load_cells, make_split
 from pipelines.build import build
-from pipelines.evaluate import benchmark, eval_steps
+from pipelines.evaluate import aggregate, benchmark, compare, eval_steps, markdown, speedup_bound, summarize
 from zoo import nets, store
 from zoo.errors import ZooError
 from zoo.spec import Collection, parse_spec
@@ -272,10 +274,26 @@ def test_benchmark_end_to_end(zoo_dir, run_dir, tmp_path):
     assert "median speedup" in r.stdout
     doc = json.loads((out / "results.json").read_text())
     s = doc["summary"]
-    for k in ("median_speedup_cells", "median_speedup_archs", "final_acc_delta_median"):
-        assert isinstance(s[k], float), k
     assert s["n_cases"] == {"cells": 1, "archs": 3}
-    assert set(s["at_target_from_step0"]) == {"cells", "archs"} and 0 <= s["at_target_from_step0"]["cells"] <= 1
+    # every recorded step count and speedup follows from the recorded curves by the documented rule,
+    # and the summary's medians and counts from those records
+    for x in doc["results"]:
+        _check_steps_and_speedups(x)
+    for grp in ("cells", "archs"):
+        recs = [x["generators"]["hypernet"] for x in doc["results"] if x["group"] == grp]
+        assert s[f"median_speedup_{grp}"] == pytest.approx(statistics.median(r["speedup"] for r in recs))
+        assert s["at_target_from_step0"][grp] == sum(all(v == 0 for v in r["steps_to_target"]) for r in recs)
+        assert sum(s["speedup_bounds"][grp].values()) == len(recs)
+    assert s["final_acc_delta_median"] == pytest.approx(statistics.median(
+        x["generators"]["hypernet"]["final_delta"] for x in doc["results"]))
+    assert s["goals"]["speedup_cells_ge_5"] == (s["median_speedup_cells"] >= 5)
+    # the machine the numbers come from (the CLI's process keeps torch's default thread count)
+    from zoo.machine import machine_info
+
+    m = doc["machine"]
+    assert {k: v for k, v in m.items() if k != "torch_threads"} == {
+        k: v for k, v in machine_info().items() if k != "torch_threads"}
+    assert isinstance(m["torch_threads"], int) and m["torch_threads"] >= 1
     cases = {x["case"]: x for x in doc["results"]}
     assert set(cases) == {"hz/T0L1", "hz/arch:between", "hz/arch:wider", "hz/arch:deeper"}
     cell = cases["hz/T0L1"]
@@ -286,7 +304,6 @@ def test_benchmark_end_to_end(zoo_dir, run_dir, tmp_path):
     for g, rec in cell["generators"].items():
         assert len(rec["curves"]) == 2 and len(rec["curves"][0]) == len(rec["curve_steps"])
         assert rec["curve_steps"][0] == 0 and rec["curve_steps"][-1] == cell["steps_total"]
-    assert cell["generators"]["random"]["speedup"] == 1.0
     # (a) on a held-out cell is the zoo's own training of that cell: same init, data order and code
     table = store.read_rows(zoo_dir, "hz")
     rows = table.filter(pc.and_(pc.equal(table["cell"], "T0L1"), pc.equal(table["epoch"], 2))).to_pylist()
@@ -297,8 +314,33 @@ def test_benchmark_end_to_end(zoo_dir, run_dir, tmp_path):
     assert cell["generators"]["nearest"]["at_step"]["0"] > cell["generators"]["random"]["at_step"]["0"] + 0.1
     md = (out / "results.md").read_text()
     assert "| hz/T0L1 | 64 | 8 | hypernet |" in md and "median speedup, held-out cells" in md
+    assert "threads" in md and m["cpu"] in md and "Marks: ≥ x: a lower bound" in md
     for png in ("curves-cells.png", "curves-archs.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_steps_and_speedups(r: dict) -> None:
+    """A case record against its own curves: steps to target = the first recorded step at which the
+    score reaches random init's final score of the same seed; speedup per seed = max(1, steps of
+    random) / max(1, steps), or / total when never reached; the case's = their median."""
+    total, rnd = r["steps_total"], r["generators"]["random"]
+    targets = [c[-1] for c in rnd["curves"]]
+    better = (lambda v, t: v >= t) if r["higher_is_better"] else (lambda v, t: v <= t)
+    for g, rec in r["generators"].items():
+        assert rec["curve_steps"][0] == 0 and rec["curve_steps"][-1] == total
+        per_seed = []
+        for i, curve in enumerate(rec["curves"]):
+            hit = next((st for st, v in zip(rec["curve_steps"], curve) if better(v, targets[i])), None)
+            assert rec["steps_to_target"][i] == hit, (r["case"], g, i)
+            a = rnd["steps_to_target"][i]
+            per_seed.append(max(1, a) / (total if hit is None else max(1, hit)))
+        assert rec["speedup_per_seed"] == pytest.approx(per_seed), (r["case"], g)
+        assert rec["speedup"] == pytest.approx(statistics.median(per_seed)), (r["case"], g)
+        assert rec["reached"] == all(h is not None for h in rec["steps_to_target"])
+        assert rec["final_delta"] == pytest.approx(statistics.mean(
+            c[-1] - t for c, t in zip(rec["curves"], targets)), abs=1e-12)
+    # random init reaches its own final score, at the last step at the latest
+    assert all(a is not None and a <= total for a in rnd["steps_to_target"])
 
 
 def test_benchmark_refuses_a_different_zoo(run_dir, tmp_path):
@@ -346,6 +388,11 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     # the shared benchmark runs on it unchanged
     doc = benchmark(out, zoo_dir, out=tmp_path / "res", seeds=[0], progress=False)
     assert doc["kind"] == "diffusion" and doc["summary"]["n_cases"] == {"cells": 1, "archs": 3}
+    from zoo.machine import machine_info
+
+    assert doc["machine"] == machine_info(torch_threads=torch.get_num_threads())
+    for x in doc["results"]:
+        _check_steps_and_speedups(x)
     mem = doc["memorization"]  # T0L1 (width 8) has a trained architecture: T1L1
     assert mem["nn_distance_ratio_median"] > 0 and len(mem["per_case"][0]["nn_distance_ratio"]) == 4
     assert mem["baseline_trained_plus_noise_median"] < mem["baseline_cell_average_median"]
@@ -436,3 +483,109 @@ def test_speedup_rule():
     assert _speedup(300, 100, 600) == 3.0
     assert _speedup(300, None, 600) == 0.5  # never reached: an upper bound, steps(a) / total
     assert math.isnan(_speedup(None, 3, 10))  # random init diverged: no target
+
+
+def test_speedup_bound_per_case():
+    """The mark of a case's median speedup: per seed with a target, b at step 0 -> a lower bound,
+    b never -> an upper bound; the median over seeds is monotone in each seed's value."""
+    assert speedup_bound([100, 200], [50, 100]) == "exact"
+    assert speedup_bound([100, 200], [0, 0]) == "lower"
+    assert speedup_bound([100, 200], [0, 10]) == "lower"  # 100/1 >= true, 200/10 exact: the median >= its value
+    assert speedup_bound([100, 200], [None, None]) == "upper"
+    assert speedup_bound([100, 200], [None, 10]) == "upper"
+    assert speedup_bound([100, 200], [0, None]) == "mixed"  # one at step 0, one never: no bound
+    assert speedup_bound([None, 200], [0, None]) == "upper"  # seed 0 has no target: it does not count
+    assert speedup_bound([None, None], [0, 5]) is None
+
+
+# A hand-made benchmark: per case, random init's and the generator's steps to target per seed
+# (2 seeds) and final scores; the expected speedups, bounds and summary are worked out by hand.
+R_FINAL = [0.75, 0.8125]  # random init's finals: population std 0.03125 in every case
+HAND = [  # case, group, total, random steps, generator steps, generator final - random final
+    ("c1", "cells", 500, [100, 200], [0, 0], 0.0),          # 100/1, 200/1 -> 150, lower bound
+    ("c2", "cells", 500, [100, 200], [0, None], -0.125),    # 100/1, 200/500 -> 50.2, mixed
+    ("c3", "cells", 600, [300, 300], [None, None], -0.25),  # 300/600 twice -> 0.5, upper bound
+    ("c4", "cells", 500, [100, 300], [50, 100], -0.125),    # 2, 3 -> 2.5, exact
+    ("a1", "archs", 500, [120, 120], [0, 10], -0.0625),     # 120, 12 -> 66, lower bound
+    ("a2", "archs", 500, [None, 100], [5, 50], 0.0),        # random seed 0 diverged: 100/50 -> 2, exact
+]
+
+
+def _seed(final, steps, step0):
+    return {"at_step": {"0": step0, "10": step0, "100": final, "end": final}, "final": final,
+            "steps_to_target": steps, "target": final, "diverged_epoch": None}
+
+
+def _hand_results() -> list[dict]:
+    out = []
+    for key, group, total, ra, gb, delta in HAND:
+        r_final = [math.nan if a is None else f for a, f in zip(ra, R_FINAL)]  # a diverged run has no final
+        gens = {"random": {"per_seed": [_seed(f, a, 0.125) for f, a in zip(r_final, ra)]},
+                "hypernet": {"per_seed": [_seed(f + delta, b, 0.5) for f, b in zip(r_final, gb)]}}
+        if key == "c1":
+            gens["nearest"] = {"per_seed": [_seed(f, 0, 0.75) for f in r_final]}
+        aggregate(gens, total)
+        out.append({"case": f"z/{key}", "group": group, "zoo": "z", "name": key, "temperature": 1.0, "load": 2.0,
+                    "metric": "test_acc", "higher_is_better": True, "steps_total": total, "generators": gens,
+                    "unsupported": {}})
+    rnd = {"random": {"per_seed": [_seed(f, 100, 0.125) for f in R_FINAL]}}
+    aggregate(rnd, 500)
+    out.append({"case": "z/a3", "group": "archs", "zoo": "z", "name": "a3", "temperature": 1.0, "load": 2.0,
+                "metric": "test_acc", "higher_is_better": True, "steps_total": 500, "generators": rnd,
+                "unsupported": {"hypernet": "no statistics for layer 3"}})
+    return out
+
+
+def test_summary_and_marks_on_hand_made_results():
+    results = _hand_results()
+    by = {r["case"]: r["generators"] for r in results}
+    assert by["z/c2"]["hypernet"]["speedup_per_seed"] == [100.0, 0.4]
+    assert math.isnan(by["z/a2"]["hypernet"]["speedup_per_seed"][0])
+    assert [by[f"z/{k}"]["hypernet"]["speedup"] for k in ("c1", "c2", "c3", "c4", "a1", "a2")] == pytest.approx(
+        [150.0, 50.2, 0.5, 2.5, 66.0, 2.0])
+    assert [by[f"z/{k}"]["hypernet"]["speedup_bound"] for k in ("c1", "c2", "c3", "c4", "a1", "a2")] == [
+        "lower", "mixed", "upper", "exact", "lower", "exact"]
+    assert by["z/c1"]["random"]["speedup"] == 1.0 and by["z/c1"]["random"]["speedup_bound"] == "exact"
+    s = summarize(results, "hypernet")
+    assert s["median_speedup_cells"] == pytest.approx((2.5 + 50.2) / 2)  # of 0.5, 2.5, 50.2, 150
+    assert s["median_speedup_archs"] == pytest.approx((66 + 2) / 2)  # a3 is unsupported: not counted
+    assert s["speedup_bounds"] == {"cells": {"exact": 1, "lower": 1, "upper": 1, "mixed": 1},
+                                   "archs": {"exact": 1, "lower": 1, "upper": 0, "mixed": 0}}
+    assert s["nearest_speedup_bounds_cells"] == {"exact": 0, "lower": 1, "upper": 0, "mixed": 0}
+    assert s["at_target_from_step0"] == {"cells": 1, "archs": 0}  # c1 only (c2 misses it with one seed)
+    # finals minus random's: c1..c4 0, -1/8, -1/4, -1/8, a1 -1/16 (a2: no final of random seed 0)
+    assert s["final_acc_delta_median"] == -0.125
+    assert s["final_acc_delta_median_cells"] == -0.125 and s["final_acc_delta_median_archs"] == -0.0625
+    assert s["seed_noise_final_std_median"] == 0.03125
+    assert s["nearest_median_speedup_cells"] == 150.0 and s["nearest_final_acc_delta_median_cells"] == 0.0
+    assert s["step0_median"] == {"random": 0.125, "hypernet": 0.5, "nearest": 0.75}
+    assert s["n_cases"] == {"cells": 4, "archs": 3} and s["unsupported"] == {"z/a3": "no statistics for layer 3"}
+    # 26.35 >= 5 and 34 >= 2, but -0.125 is below -2 x 0.03125
+    assert s["goals"] == {"speedup_cells_ge_5": True, "speedup_archs_ge_2": True, "final_not_worse_beyond_noise": False}
+
+    doc = {"hypernet": "ghn", "kind": "ghn", "zoo": "z", "seeds": [0, 1], "summary": s, "results": results,
+           "machine": {"cpu": "Test CPU", "cores": 2, "platform": "Linux x86_64", "torch": "2.0",
+                       "cpu_capability": "AVX2", "torch_threads": 2}}
+    md = markdown(doc)
+    marks = {"c1": "≥150.0", "c2": "~50.2", "c3": "<0.5", "c4": "2.5", "a1": "≥66.0", "a2": "2.0"}
+    rows = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if " | hypernet | " in ln}
+    for k, mark in marks.items():
+        assert rows[f"z/{k}"].endswith(f"| {mark} |"), rows[f"z/{k}"]
+    assert [ln for ln in md.splitlines() if "| nearest |" in ln][0].endswith("| ≥150.0 |")
+    assert "Marks: ≥ x: a lower bound" in md and "~ x: neither" in md
+    assert "speedups: 1 exact, 1 ≥, 1 <, 1 ~" in md  # the cells' counts
+    assert "Machine: Test CPU, 2 cores, torch 2.0 (AVX2), 2 threads." in md
+    # compare: the same marks; the machines named, and said to differ
+    other = copy.deepcopy(doc)
+    other["hypernet"], other["machine"]["torch_threads"] = "ghn2", 1
+    table = compare([doc, other])
+    row = next(ln for ln in table.splitlines() if ln.startswith("| z/c2 |"))
+    assert row.count("/ ~50.2") == 2 and "Machines differ" in table and "- ghn2: Test CPU, 2 cores" in table
+    row = next(ln for ln in table.splitlines() if ln.startswith("| z/c3 |"))
+    assert row.count("/ <0.5") == 2
+    assert "Machine: Test CPU" in compare([doc, {**doc, "hypernet": "same"}])
+    # results.json files written before the machine was recorded still read, print and compare
+    old = {k: v for k, v in doc.items() if k != "machine"}
+    old["summary"] = {k: v for k, v in s.items() if "bounds" not in k}
+    assert "machine not recorded" in markdown(old)
+    assert "Machines differ" in compare([doc, {**old, "hypernet": "old"}])
