@@ -194,6 +194,7 @@ class Population:
         self._fwd, self.vectorized_by = population_forward(self.template, vectorize)
         self._opt_state: dict[str, dict[str, torch.Tensor]] = {}
         self.step_count = 0
+        self._rows = torch.arange(M).unsqueeze(1)  # (M, 1): row index of each member's labels
 
     def _build(self, dtype: torch.dtype | None = None) -> nn.Module:
         knobs = {k: v for k, v in self.arch.items() if k != "family"}
@@ -312,11 +313,8 @@ class Population:
         """One optimizer step of every member on its own batch `idx` (M, b) of training indices,
         at the schedule's multiplier for the current step. A member whose loss is not finite is
         frozen (recorded as diverged at `epoch`); returns False once no member is left."""
-        M = len(self.members)
-        total = self.n_steps_per_epoch * int(self.common["epochs"])
-        rows = torch.arange(M).unsqueeze(1)  # (M, 1)
         xb = self.x[idx]  # (M, b, *input_shape)
-        yb = self.y[rows, idx]  # (M, b, ...)
+        yb = self.y[self._rows, idx]  # (M, b, ...)
         losses = self.objective.losses(self._fwd, self.params, self.buffers, xb, yb)  # (M,)
         finite = torch.isfinite(losses)
         if not bool(finite.all()):  # one host sync per step; rare branch
@@ -332,6 +330,7 @@ class Population:
         else:
             total_loss = torch.where(self.alive, losses, torch.zeros_like(losses)).sum()
         grads = torch.autograd.grad(total_loss, list(self.params.values()))
+        total = self.n_steps_per_epoch * int(self.common["epochs"])  # the schedule's horizon
         mult = lr_multiplier(self.common.get("schedule", "constant"), self.step_count, total)
         self._optimizer_step(list(grads), mult)
         return True
