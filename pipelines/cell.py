@@ -26,7 +26,9 @@ def finite_mean(xs) -> float:
 def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: list[dict[str, np.ndarray]]) -> dict:
     """Hessian (per member, batched), CKA and mode connectivity (over seed pairs) of one cell.
 
-    `member_ids`/`states`: the cell's models that did not diverge, at the metrics epoch.
+    `member_ids`/`states`: the cell's models that did not diverge, at the metrics epoch (at most
+    `metrics.seeds` of them: the stage picks them); CKA and the curves use `metrics.pairs` of their
+    pairs when set (a choice seeded by the cell id, stored as `pair_members`).
     Besides the means, the per-member Hessian values and the per-pair CKA and mc values are kept
     (member_*, pair_*, pairs in connectivity.pairs order): the phase rule measures how far a cell
     lies from a threshold in units of their spread (zoo.landscape.phases.decide_phase).
@@ -38,7 +40,7 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
            "cka_logits": NAN, "cka_features": NAN, "mc_loss": NAN, "mc_error": NAN, "n_pairs": 0,
            "curve_t": [], "curve_loss": [], "curve_error": [], "member_ids": list(member_ids),
            "member_hessian_top_eig": [], "member_hessian_trace": [],
-           "pair_mc_loss": [], "pair_mc_error": [], "pair_cka_logits": [], "pair_cka_features": []}
+           "pair_members": [], "pair_mc_loss": [], "pair_mc_error": [], "pair_cka_logits": [], "pair_cka_features": []}
     if not member_ids:
         return {**out, "seconds": time.perf_counter() - t0}
     torch.set_num_threads(spec.compute.threads_per_worker)
@@ -63,14 +65,15 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
                member_hessian_top_eig=eig, member_hessian_trace=tr)
 
     if len(members) >= 2:
+        # the seed pairs CKA and mode connectivity compare: all, or metrics.pairs of them
+        pr = pairs(len(members), ms.pairs, derived_seed("pairs", cell_id))
         # CKA between seeds on held-out data
         xt = task.x_test[: spec.metrics.cka.samples]
         reps = [penultimate_and_logits(pop.member_module(i), xt) for i in range(len(members))]
-        ck_features, ck_logits = pairwise_cka([r[0] for r in reps]), pairwise_cka([r[1] for r in reps])
+        ck_features, ck_logits = pairwise_cka([r[0] for r in reps], pr), pairwise_cka([r[1] for r in reps], pr)
         out.update(cka_features=sum(ck_features) / len(ck_features), cka_logits=sum(ck_logits) / len(ck_logits),
                    pair_cka_features=ck_features, pair_cka_logits=ck_logits)  # mean: NaN if a pair is NaN
-        # mode connectivity over all seed pairs, the curves trained together
-        pr = pairs(len(members))
+        # mode connectivity over the same pairs, the curves trained together
         a, b = [i for i, _ in pr], [j for _, j in pr]
         theta0 = {k: v.detach()[a] for k, v in pop.params.items()}
         theta1 = {k: v.detach()[b] for k, v in pop.params.items()}
@@ -80,6 +83,7 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
                            lr=c.lr, points=c.points, seed=derived_seed("curve", cell_id) % 2**31,
                            objective=pop.objective, template=pop.template)
         out.update(mc_loss=float(res["mc_loss"].mean()), mc_error=float(res["mc_error"].mean()), n_pairs=len(pr),
+                   pair_members=[list(p) for p in pr],
                    pair_mc_loss=res["mc_loss"].double().tolist(), pair_mc_error=res["mc_error"].double().tolist(),
                    curve_t=res["t"].double().tolist(), curve_loss=res["curve_loss"].mean(0).tolist(),
                    curve_error=res["curve_error"].mean(0).tolist())

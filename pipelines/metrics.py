@@ -86,8 +86,8 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
         if sel.empty:
             raise ZooError(f"{out}: zoo {spec.name} has no rows for cell {cell.id} at epoch {spec.metrics.epoch}")
         ok = sel[sel["status"] == "ok"]
-        ids = ok["model_id"].tolist()
-        states = [store.read_state(out, r) for r in ok.to_dict("records")]
+        measured = ok.head(spec.metrics.seeds) if spec.metrics.seeds else ok  # the lowest seeds (sorted above)
+        ids = measured["model_id"].tolist()
         summary = {
             "zoo": spec.name, "cell": cell.id, "temperature_param": cell.temperature_param,
             "temperature": float(cell.temperature), "load_param": cell.load_param, "load": float(cell.load),
@@ -95,14 +95,17 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
             "train_loss": finite_mean(ok["train_loss"]), "train_error": _train_error(ok),
             "test_loss": finite_mean(ok["test_loss"]), "test_acc": finite_mean(ok["test_acc"]),
             "test_rel_l2": finite_mean(ok["test_rel_l2"]),
-            "member_train_loss": [float(v) for v in ok["train_loss"]],  # seed order, like member_ids
+            "member_train_loss": [float(v) for v in measured["train_loss"]],  # seed order, like member_ids
         }
 
         def commit(res, path=path, summary=summary):
             res = {k: v for k, v in res.items() if k != "seconds"}
             store.write_cell(path, {**summary, **res, "phase": ""})  # labelled by _finish
 
-        jobs.append(Job(f"{spec.name} cell {cell.id} ({len(ids)} models)", (spec_json, cell.id, ids, states), 1, commit))
+        def load(rows=measured.to_dict("records"), cell_id=cell.id, ids=ids):  # read when submitted, not now
+            return spec_json, cell_id, ids, [store.read_state(out, r) for r in rows]
+
+        jobs.append(Job(f"{spec.name} cell {cell.id} ({len(ids)} models)", (), 1, commit, load=load))
     return jobs, len(cells)
 
 

@@ -23,6 +23,12 @@ class Job:
     args: tuple  # arguments of the task function (plain data)
     weight: int  # units of work (models, cells) for the progress count
     on_done: Callable[[Any], None]  # commit the result (runs in the driver)
+    # builds `args` when the job is submitted, for arguments too large to hold for every job at
+    # once (a cell's checkpoint states): at most `workers` jobs' arguments are alive in the driver
+    load: Callable[[], tuple] | None = None
+
+    def arguments(self) -> tuple:
+        return self.load() if self.load is not None else self.args
 
 
 class Reporter:
@@ -85,7 +91,7 @@ def run_jobs(fn: Callable, jobs: list[Job], *, address: str | None, workers: int
     if not use_ray:
         with reporter:
             for job in jobs:
-                res = fn(*job.args)
+                res = fn(*job.arguments())
                 job.on_done(res)
                 reporter.advance(job, res.get("seconds") if isinstance(res, dict) else None)
         return
@@ -109,7 +115,7 @@ def run_jobs(fn: Callable, jobs: list[Job], *, address: str | None, workers: int
             while queue or in_flight:
                 while queue and len(in_flight) < workers:
                     job = queue.pop(0)
-                    in_flight[remote.remote(*ref_args(job.args))] = job
+                    in_flight[remote.remote(*ref_args(job.arguments()))] = job
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     job = in_flight.pop(ref)

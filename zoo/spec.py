@@ -129,6 +129,11 @@ class ConnectivitySettings(_Strict):
 class Metrics(_Strict):
     epoch: int | None = None  # default: the last epoch
     enabled: bool = True  # compute landscape metrics and phases as part of `zoo build`
+    # bounds on a cell's cost however many seeds it has: the Hessian, CKA and curves use at most
+    # `seeds` of its trained seeds (the lowest seeds; None = all) and CKA and mode connectivity at
+    # most `pairs` of their pairs (a seeded choice per cell; None = all)
+    seeds: int | None = Field(None, ge=2)
+    pairs: int | None = Field(None, ge=1)
     hessian: HessianSettings = Field(default_factory=HessianSettings)
     cka: CKASettings = Field(default_factory=CKASettings)
     connectivity: ConnectivitySettings = Field(default_factory=ConnectivitySettings)

@@ -118,7 +118,9 @@ CELL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "member_hessian_top_eig": (pa.list_(pa.float64()), "each model's own top Hessian eigenvalue"),
     "member_hessian_trace": (pa.list_(pa.float64()), "each model's own Hessian trace"),
     "member_train_loss": (pa.list_(pa.float64()), "each model's own training loss at the metrics epoch"),
-    "pair_mc_loss": (pa.list_(pa.float64()), "mc_loss of each seed pair (pairs (i, j), i < j, of member_ids, in order)"),
+    "pair_members": (pa.list_(pa.list_(pa.int64())), "the seed pairs compared, as indices (i, j), i < j, into member_ids "
+                                                      "(all pairs, or metrics.pairs of them)"),
+    "pair_mc_loss": (pa.list_(pa.float64()), "mc_loss of each seed pair (in the order of pair_members)"),
     "pair_mc_error": (pa.list_(pa.float64()), "mc_error of each seed pair"),
     "pair_cka_logits": (pa.list_(pa.float64()), "cka_logits of each seed pair"),
     "pair_cka_features": (pa.list_(pa.float64()), "cka_features of each seed pair"),

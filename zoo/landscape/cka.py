@@ -35,9 +35,12 @@ def linear_cka(X: Tensor, Y: Tensor) -> float:
     return float(num / den)
 
 
-def pairwise_cka(features: list[Tensor]) -> list[float]:
-    """Linear CKA of every unordered pair (i < j, in the order of connectivity.pairs); [] if fewer than 2."""
-    return [linear_cka(a, b) for a, b in itertools.combinations(features, 2)]
+def pairwise_cka(features: list[Tensor], pairs: list[tuple[int, int]] | None = None) -> list[float]:
+    """Linear CKA of the given pairs (i, j) of representations, by default every unordered pair
+    (i < j, in the order of connectivity.pairs); [] if fewer than 2."""
+    if pairs is None:
+        return [linear_cka(a, b) for a, b in itertools.combinations(features, 2)]
+    return [linear_cka(features[i], features[j]) for i, j in pairs]
 
 
 def mean_pairwise_cka(features: list[Tensor]) -> float:

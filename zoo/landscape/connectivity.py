@@ -162,6 +162,12 @@ def connectivity(fwd: Callable, buffers: Params, theta0: Params, theta1: Params,
     }
 
 
-def pairs(n: int) -> list[tuple[int, int]]:
-    """All unordered pairs of n seeds, in a fixed order."""
-    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+def pairs(n: int, limit: int | None = None, seed: int = 0) -> list[tuple[int, int]]:
+    """The unordered pairs of n seeds in a fixed order: all of them, or `limit` of them drawn
+    without replacement by `seed` (kept in that fixed order), so a cell's cost is bounded."""
+    every = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    if limit is None or limit >= len(every):
+        return every
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(every), generator=g)[:limit].sort().values.tolist()
+    return [every[k] for k in keep]
