@@ -43,11 +43,15 @@ def check_out_dir(out: Path) -> None:
                        "choose a new or empty folder")
 
 
+def check_phase(phase: str) -> None:
+    if phase not in PHASES:
+        raise ZooError(f"--phase {phase!r} is not valid; valid: {', '.join(PHASES)}")
+
+
 def build(collection: Collection, out: str | Path, phase: str = "grid", address: str | None = None,
           workers: int | None = None, use_ray: bool = True, progress: bool = True, metrics: bool = True) -> dict:
     """Build every zoo of the collection into `out` (training, then metrics); returns the manifest."""
-    if phase not in PHASES:
-        raise ZooError(f"--phase {phase!r} is not valid; valid: {', '.join(PHASES)}")
+    check_phase(phase)
     out = Path(out)
     workers = workers or os.cpu_count() or 1
     if workers < 1:

@@ -40,3 +40,33 @@ def plan(spec: ZooSpec) -> list[Bundle]:
             bid = hashlib.sha256(",".join(sorted(m.model_id for m in chunk)).encode()).hexdigest()[:12]
             bundles.append(Bundle(spec.name, len(bundles), bid, chunk))
     return bundles
+
+
+def plan_summary(spec: ZooSpec) -> dict:
+    """What building `spec` means, without training or writing anything: models, distinct
+    architectures, populations (members that share a training step), bundles (Ray tasks), the
+    parameter range and an estimate of the dataset's size on disk (float32 tensors of every
+    checkpoint in the shards, plus the flat `weights` column for models under the size limit;
+    parquet metadata and figures not counted)."""
+    from zoo import nets, tasks
+
+    members = spec.members()
+    bundles = plan(spec)
+    archs = {json.dumps(m.arch, sort_keys=True): m for m in members}
+    sizes = {}
+    for key, m in archs.items():
+        knobs = {k: v for k, v in m.arch.items() if k != "family"}
+        sizes[key] = nets.n_params(nets.build(m.arch["family"], tasks.load(spec.task, m.task_args), **knobs))
+    per_model = [sizes[json.dumps(m.arch, sort_keys=True)] for m in members]
+    flat = sum(n for n in per_model if n <= spec.storage.flat_weights_max_params)
+    n_ckpt = len(spec.checkpoints)
+    return {
+        "zoo": spec.name,
+        "models": len(members),
+        "architectures": len(archs),
+        "populations": len({population_key(m) for m in members}),
+        "bundles": len(bundles),
+        "rows": len(members) * n_ckpt,
+        "n_params": {"min": min(per_model), "max": max(per_model)},
+        "bytes_estimate": 4 * n_ckpt * (sum(per_model) + flat),
+    }

@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-ray", action="store_true", help="train bundles in this process (debugging)")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.add_argument("--no-metrics", action="store_true", help="train only; compute the landscape metrics later with `zoo metrics`")
+    b.add_argument("--dry-run", action="store_true", help="print the plan (zoos, models, architectures, populations, "
+                   "bundles, size estimate) and a JSON line; train and write nothing")
     m = sub.add_parser("metrics", help="compute (or complete) the landscape metrics and phases of a built dataset")
     m.add_argument("dir")
     m.add_argument("--zoo", action="append", help="only this zoo (repeatable; default: all)")
@@ -56,6 +58,8 @@ def cmd_build(a) -> int:
 
     cfg = Path(a.config) if a.config else default_config_path()
     collection = load_config(cfg)
+    if a.dry_run:
+        return _print_plan(collection, a.phase)
     manifest = build(collection, a.out, phase=a.phase, address=a.address, workers=a.workers,
                      use_ray=not a.no_ray, progress=not a.quiet, metrics=not a.no_metrics)
     _print_info(Path(a.out), manifest)
@@ -92,6 +96,33 @@ def cmd_plot(a) -> int:
     finalize(root, manifest)
     for p in written:
         print(p)
+    return 0
+
+
+def _print_plan(collection, phase: str) -> int:
+    """`zoo build --dry-run`: one table row per zoo and, as the last stdout line, the totals as JSON."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.build import check_phase
+    from pipelines.plan import plan_summary
+
+    check_phase(phase)
+    rows = [plan_summary(spec) for spec in collection.zoos]
+    t = Table(title=f"plan of {collection.name} (--phase {phase}; nothing is trained or written)")
+    for col in ("zoo", "models", "architectures", "populations", "bundles", "rows", "params", "size (est.)"):
+        t.add_column(col, justify="left" if col == "zoo" else "right", no_wrap=True)
+    for r in rows:
+        t.add_row(r["zoo"], str(r["models"]), str(r["architectures"]), str(r["populations"]), str(r["bundles"]),
+                  str(r["rows"]), f"{r['n_params']['min']:,}-{r['n_params']['max']:,}", f"{r['bytes_estimate'] / 2**20:.1f} MiB")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(t)
+    totals = {k: sum(r[k] for r in rows) for k in ("models", "architectures", "populations", "bundles")}
+    print(json.dumps(totals))
     return 0
 
 
