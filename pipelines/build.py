@@ -21,6 +21,7 @@ from pipelines.plan import plan
 from pipelines.runner import Job, Reporter, run_jobs
 from zoo import card, store, tasks
 from zoo.errors import ZooError
+from zoo.machine import resolve_device
 from zoo.spec import Collection, ZooSpec
 
 PHASES = ("grid",)
@@ -48,10 +49,31 @@ def check_phase(phase: str) -> None:
         raise ZooError(f"--phase {phase!r} is not valid; valid: {', '.join(PHASES)}")
 
 
+def place(collection: Collection, device: str | None = None, address: str | None = None) -> None:
+    """Resolve every zoo's compute.device in place (`device`, from --device, overrides the specs):
+    auto becomes cuda or cpu here, where the build starts; cuda without a GPU here is a ZooError,
+    except on a cluster (`address`), whose GPU nodes Ray schedules the bundles on."""
+    for spec in collection.zoos:
+        requested = device or spec.compute.device
+        where = "--device" if device else f"zoo {spec.name}: compute.device"
+        if address and requested == "cuda":
+            spec.compute.device = "cuda"  # the cluster's GPUs, not this machine's
+            continue
+        spec.compute.device = resolve_device(requested, where)
+
+
+def gpu_share(compute) -> float:
+    """GPUs a bundle's Ray task asks for: compute.gpus_per_worker on CUDA, none on the CPU."""
+    return compute.gpus_per_worker if compute.device == "cuda" else 0.0
+
+
 def build(collection: Collection, out: str | Path, phase: str = "grid", address: str | None = None,
-          workers: int | None = None, use_ray: bool = True, progress: bool = True, metrics: bool = True) -> dict:
-    """Build every zoo of the collection into `out` (training, then metrics); returns the manifest."""
+          workers: int | None = None, use_ray: bool = True, progress: bool = True, metrics: bool = True,
+          device: str | None = None) -> dict:
+    """Build every zoo of the collection into `out` (training, then metrics); returns the manifest.
+    `device` (auto | cpu | cuda) overrides the specs' compute.device."""
     check_phase(phase)
+    place(collection, device, address)
     out = Path(out)
     workers = workers or os.cpu_count() or 1
     if workers < 1:
@@ -98,7 +120,8 @@ def build(collection: Collection, out: str | Path, phase: str = "grid", address:
                                               specs[b.zoo].storage.shard_max_mb)
 
     jobs = [Job(f"{b.zoo} bundle {b.index} ({len(b.members)} models)",
-                (spec_json[b.zoo], [m.model_id for m in b.members], b.bundle_id), len(b.members), commit(b))
+                (spec_json[b.zoo], [m.model_id for m in b.members], b.bundle_id), len(b.members), commit(b),
+                num_gpus=gpu_share(specs[b.zoo].compute))
             for b in pending]
     t0 = time.perf_counter()
     run_jobs(train_bundle, jobs, address=address, workers=workers, use_ray=use_ray,

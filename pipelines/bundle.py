@@ -7,6 +7,7 @@ import time
 import torch
 
 from zoo import nets, tasks
+from zoo.machine import resolve_device
 from zoo.spec import Member, ZooSpec, parse_spec
 from zoo.train import MemberConfig, Population, flat_weights
 
@@ -24,7 +25,10 @@ def train_bundle(spec_json: dict, member_ids: list[str], bundle_id: str) -> dict
         MemberConfig(m.model_id, m.seed, m.training["lr"], m.training["weight_decay"], m.training["label_noise"])
         for m in members
     ]
-    pop = Population(task, first.arch, spec.model.init, first.training, configs)
+    # compute.device was resolved by the driver (pipelines.build.place); on CUDA, Ray has given
+    # this task its GPU share and made it the visible device
+    pop = Population(task, first.arch, spec.model.init, first.training, configs,
+                     device=resolve_device(spec.compute.device))
     results = pop.fit(spec.checkpoints)
     n_params = nets.n_params(pop.template)
     rows, tensors = [], []

@@ -26,6 +26,7 @@ class Job:
     # builds `args` when the job is submitted, for arguments too large to hold for every job at
     # once (a cell's checkpoint states): at most `workers` jobs' arguments are alive in the driver
     load: Callable[[], tuple] | None = None
+    num_gpus: float = 0.0  # GPUs the Ray task asks for (a fraction shares one), 0 on the CPU
 
     def arguments(self) -> tuple:
         return self.load() if self.load is not None else self.args
@@ -115,7 +116,8 @@ def run_jobs(fn: Callable, jobs: list[Job], *, address: str | None, workers: int
             while queue or in_flight:
                 while queue and len(in_flight) < workers:
                     job = queue.pop(0)
-                    in_flight[remote.remote(*ref_args(job.arguments()))] = job
+                    task = remote.options(num_gpus=job.num_gpus) if job.num_gpus else remote
+                    in_flight[task.remote(*ref_args(job.arguments()))] = job
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     job = in_flight.pop(ref)

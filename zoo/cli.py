@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-ray", action="store_true", help="train bundles in this process (debugging)")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.add_argument("--no-metrics", action="store_true", help="train only; compute the landscape metrics later with `zoo metrics`")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="where bundles train, for every zoo (default: each spec's compute.device, auto = CUDA when torch sees a GPU)")
     b.add_argument("--dry-run", action="store_true", help="print the plan (zoos, models, architectures, populations, "
                    "bundles, size estimate) and a JSON line; train and write nothing")
     m = sub.add_parser("metrics", help="compute (or complete) the landscape metrics and phases of a built dataset")
@@ -59,9 +61,9 @@ def cmd_build(a) -> int:
     cfg = Path(a.config) if a.config else default_config_path()
     collection = load_config(cfg)
     if a.dry_run:
-        return _print_plan(collection, a.phase)
+        return _print_plan(collection, a.phase, a.device)
     manifest = build(collection, a.out, phase=a.phase, address=a.address, workers=a.workers,
-                     use_ray=not a.no_ray, progress=not a.quiet, metrics=not a.no_metrics)
+                     use_ray=not a.no_ray, progress=not a.quiet, metrics=not a.no_metrics, device=a.device)
     _print_info(Path(a.out), manifest)
     return 0
 
@@ -99,24 +101,26 @@ def cmd_plot(a) -> int:
     return 0
 
 
-def _print_plan(collection, phase: str) -> int:
+def _print_plan(collection, phase: str, device: str | None = None) -> int:
     """`zoo build --dry-run`: one table row per zoo and, as the last stdout line, the totals as JSON."""
     import json
 
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.build import check_phase
+    from pipelines.build import check_phase, place
     from pipelines.plan import plan_summary
 
     check_phase(phase)
+    place(collection, device)
     rows = [plan_summary(spec) for spec in collection.zoos]
     t = Table(title=f"plan of {collection.name} (--phase {phase}; nothing is trained or written)")
-    for col in ("zoo", "models", "architectures", "populations", "bundles", "rows", "params", "size (est.)"):
-        t.add_column(col, justify="left" if col == "zoo" else "right", no_wrap=True)
-    for r in rows:
+    for col in ("zoo", "models", "architectures", "populations", "bundles", "rows", "params", "size (est.)", "device"):
+        t.add_column(col, justify="left" if col in ("zoo", "device") else "right", no_wrap=True)
+    for r, spec in zip(rows, collection.zoos):
         t.add_row(r["zoo"], str(r["models"]), str(r["architectures"]), str(r["populations"]), str(r["bundles"]),
-                  str(r["rows"]), f"{r['n_params']['min']:,}-{r['n_params']['max']:,}", f"{r['bytes_estimate'] / 2**20:.1f} MiB")
+                  str(r["rows"]), f"{r['n_params']['min']:,}-{r['n_params']['max']:,}", f"{r['bytes_estimate'] / 2**20:.1f} MiB",
+                  spec.compute.device)
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)

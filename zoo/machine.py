@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["cpu_model", "machine_info"]
+__all__ = ["DEVICES", "cpu_model", "machine_info", "resolve_device"]
 
 
 @lru_cache(maxsize=1)
@@ -44,3 +44,23 @@ def machine_info(torch_threads: int | None = None) -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": int(torch_threads if torch_threads is not None else torch.get_num_threads()),
     }
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(requested: str, where: str = "compute.device") -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; "cuda" where there is none is a
+    ZooError naming `where` and what is valid here."""
+    from zoo.errors import ZooError
+
+    if requested not in DEVICES:
+        raise ZooError(f"{where}: {requested!r} is not a device; valid: {', '.join(DEVICES)}")
+    has_cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if requested == "cuda" and not has_cuda:
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ZooError(f"{where}: 'cuda' requested, but torch {torch.__version__} sees no GPU ({why}); "
+                       "valid here: auto, cpu")
+    return requested

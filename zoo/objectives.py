@@ -70,8 +70,8 @@ class Objective:
     def error(self, metrics: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def to(self, dtype: torch.dtype) -> "Objective":
-        """The objective with its own tensors (if any) in `dtype`."""
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Objective":
+        """The objective with its own tensors (if any) in `dtype` and on `device`."""
         return self
 
 
@@ -88,8 +88,8 @@ class Classification(Objective):
     @torch.no_grad()
     def evaluate(self, fwd, params, buffers, x, y, chunk=EVAL_CHUNK):
         M, N = y.shape[0], x.shape[0]
-        loss = torch.zeros(M, dtype=torch.float64)
-        correct = torch.zeros(M, dtype=torch.float64)
+        loss = torch.zeros(M, dtype=torch.float64, device=x.device)
+        correct = torch.zeros(M, dtype=torch.float64, device=x.device)
         count = 0
         for s in _chunks(N, chunk):
             out = fwd(params, buffers, x[s].expand(M, *x[s].shape))  # (M, b, ..., C)
@@ -119,8 +119,9 @@ class Convection(Objective):
         self.x_ic, self.u_ic = x_ic, u_ic  # (N0, 2), (N0, 1)
         self.x_left, self.x_right = x_left, x_right  # (Nb, 2) at x = 0 and x = 2π, the same t
 
-    def to(self, dtype: torch.dtype) -> "Convection":
-        return Convection(self.beta, *(t.to(dtype) for t in (self.x_ic, self.u_ic, self.x_left, self.x_right)))
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Convection":
+        return Convection(self.beta, *(t.to(device=device, dtype=dtype)
+                                       for t in (self.x_ic, self.u_ic, self.x_left, self.x_right)))
 
     def residual(self, fwd: Forward, params: Params, buffers: Params, x: Tensor,
                  create_graph: bool = True) -> tuple[Tensor, Tensor]:
@@ -149,9 +150,9 @@ class Convection(Objective):
     def evaluate(self, fwd, params, buffers, x, y, chunk=EVAL_CHUNK):
         M, N = y.shape[0], x.shape[0]
         params = {k: v.detach() for k, v in params.items()}
-        res = torch.zeros(M, dtype=torch.float64)
-        err = torch.zeros(M, dtype=torch.float64)
-        ref = torch.zeros(M, dtype=torch.float64)
+        res = torch.zeros(M, dtype=torch.float64, device=x.device)
+        err = torch.zeros(M, dtype=torch.float64, device=x.device)
+        ref = torch.zeros(M, dtype=torch.float64, device=x.device)
         with torch.enable_grad():  # the residual needs input derivatives even inside no_grad
             for s in _chunks(N, chunk):
                 u, r = self.residual(fwd, params, buffers, x[s].expand(M, *x[s].shape), create_graph=False)

@@ -148,6 +148,12 @@ class Storage(_Strict):
 class Compute(_Strict):
     max_members: int = Field(64, ge=1)  # members per bundle (one Ray task)
     threads_per_worker: int = Field(1, ge=1)
+    # where bundles train: auto = CUDA when torch sees a GPU (resolved where the build starts), else
+    # the CPU; on CUDA each Ray task asks for `gpus_per_worker` GPUs (a fraction shares one GPU).
+    # Placement, not part of what the models are: left out of training_json (a build can resume on
+    # another device); the landscape metrics run on the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus_per_worker: float = Field(1.0, gt=0, le=1)
 
 
 class ZooSpec(_Strict):
@@ -249,10 +255,13 @@ class ZooSpec(_Strict):
         return Member(model_id=digest, cell=cell, seed=seed, arch=arch, training=train, task_args=task_args)
 
     def training_json(self) -> dict:
-        """The part of the spec that determines the trained models (not metrics, not prose)."""
+        """The part of the spec that determines the trained models (not metrics, not prose, not
+        the device placement)."""
         d = self.to_json()
         for k in ("metrics", "description"):
             d.pop(k, None)
+        for k in ("device", "gpus_per_worker"):
+            d["compute"].pop(k, None)
         return d
 
     def to_json(self) -> dict:

@@ -150,10 +150,14 @@ class Population:
     The task's objective supplies the loss and the recorded metrics (zoo.objectives).
     Buffers (BatchNorm running statistics) are stacked like the parameters and updated by the
     forward pass in training mode, member by member.
+    `dtype`: float32 (what zoos are built with) or float64 (the tests' oracle). `device`: where the
+    stacked tensors train; everything random is drawn on the CPU first, so a member is the same
+    member on any device, and checkpoints and member states come back on the CPU.
     """
 
     def __init__(self, task: Task, arch: dict, init: str, common: dict, members: list[MemberConfig],
-                 vectorize: str = "auto", states: list[dict] | None = None, dtype: torch.dtype = torch.float32):
+                 vectorize: str = "auto", states: list[dict] | None = None, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
         if not members:
             raise ValueError("a population needs at least one member")
         if states is not None and len(states) != len(members):
@@ -165,36 +169,41 @@ class Population:
         self.dtype = dtype
         if dtype != torch.float32:
             task = task.to(dtype)
-        self.task, self.arch, self.init, self.common, self.members = task, dict(arch), init, common, members
-        self.objective = task.objective
-        self.template = self._build()
+        # `device`: where the stacked tensors live and train; data, inits and labels are drawn on
+        # the CPU (the same on every device), then moved; checkpoints come back as CPU arrays
+        self.device = torch.device(device)
+        on_device = task if self.device.type == "cpu" else task.to(device=self.device)
+        self.task, self.arch, self.init, self.common, self.members = on_device, dict(arch), init, common, members
+        self.objective = on_device.objective
+        self.template = self._build().to(self.device)
         if states is None:
             states = [nets.init_(self._build(torch.float32), m.seed, init).state_dict() for m in members]
         self.param_names = [n for n, _ in self.template.named_parameters()]
         self.buffer_names = [n for n, _ in self.template.named_buffers()]
         # stacked leaves: name -> (members, *shape); copies (Ray hands out read-only arrays)
-        self.params = {n: _stack([s[n] for s in states], dtype).requires_grad_(True) for n in self.param_names}
-        self.buffers = {n: _stack([s[n] for s in states], dtype) for n in self.buffer_names}
+        dev = self.device
+        self.params = {n: _stack([s[n] for s in states], dtype).to(dev).requires_grad_(True) for n in self.param_names}
+        self.buffers = {n: _stack([s[n] for s in states], dtype).to(dev) for n in self.buffer_names}
         M = len(members)
-        self.lr = torch.tensor([m.lr for m in members], dtype=dtype)  # (M,)
-        self.wd = torch.tensor([m.weight_decay for m in members], dtype=dtype)  # (M,)
+        self.lr = torch.tensor([m.lr for m in members], dtype=dtype, device=dev)  # (M,)
+        self.wd = torch.tensor([m.weight_decay for m in members], dtype=dtype, device=dev)  # (M,)
         self._any_wd = bool((self.wd != 0).any())
-        self.alive = torch.ones(M, dtype=torch.bool)
+        self.alive = torch.ones(M, dtype=torch.bool, device=dev)
         self._all_alive = True
         self.diverged_epoch: list[int | None] = [None] * M
         # data: one shared subset, per-member (possibly noisy) labels
         self.subset = train_subset(task.n_train, float(common.get("data_fraction", 1.0)))
-        self.x = task.x_train[self.subset]  # (n, *input_shape)
+        self.x = task.x_train[self.subset].to(dev)  # (n, *input_shape)
         y = task.y_train[self.subset]  # (n, ...)
         if any(m.label_noise for m in members) and not (self.objective.label_noise and y.dim() == 1):
             raise ValueError(f"label_noise needs a classification task with one label per sample; "
                              f"task {task.name!r} has targets of shape {tuple(y.shape[1:]) or 'scalar'}")
-        self.y = torch.stack([noisy_labels(y, m.label_noise, task.n_classes) for m in members])  # (M, n, ...)
+        self.y = torch.stack([noisy_labels(y, m.label_noise, task.n_classes) for m in members]).to(dev)  # (M, n, ...)
         self.order_gens = [torch.Generator().manual_seed(derived_seed("order", m.seed)) for m in members]
         self._fwd, self.vectorized_by = population_forward(self.template, vectorize)
         self._opt_state: dict[str, dict[str, torch.Tensor]] = {}
         self.step_count = 0
-        self._rows = torch.arange(M).unsqueeze(1)  # (M, 1): row index of each member's labels
+        self._rows = torch.arange(M, device=dev).unsqueeze(1)  # (M, 1): row index of each member's labels
 
     def _build(self, dtype: torch.dtype | None = None) -> nn.Module:
         knobs = {k: v for k, v in self.arch.items() if k != "family"}
@@ -280,28 +289,29 @@ class Population:
         return [f"{split}_{k}" for split in ("train", "test") for k in self.objective.metric_names]
 
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
-        """Member i's state_dict (parameters and buffers), detached copies."""
-        sd = {n: self.params[n][i].detach().clone() for n in self.param_names}
-        sd.update({n: self.buffers[n][i].clone() for n in self.buffer_names})
+        """Member i's state_dict (parameters and buffers), detached copies on the CPU."""
+        sd = {n: self.params[n][i].detach().cpu().clone() for n in self.param_names}
+        sd.update({n: self.buffers[n][i].cpu().clone() for n in self.buffer_names})
         return {k: sd[k] for k in self.template.state_dict()}
 
     def member_module(self, i: int) -> nn.Module:
+        """Member i as a plain module, on the CPU."""
         net = self._build()
         net.load_state_dict(self.member_state(i))
         return net
 
     def _checkpoint(self, i: int) -> dict:
-        net = self.member_module(i)
+        net = self.member_module(i).to(self.device)  # evaluated where the population trains
         tr = evaluate_module(net, self.x, self.y[i], self.objective)
         te = evaluate_module(net, self.task.x_test, self.task.y_test, self.objective)
-        state = {k: v.numpy() for k, v in net.state_dict().items()}
+        state = {k: v.cpu().numpy() for k, v in net.state_dict().items()}
         metrics = {**{f"train_{k}": v for k, v in tr.items()}, **{f"test_{k}": v for k, v in te.items()}}
         return {"metrics": metrics, "state": state}
 
     def train_epoch(self, epoch: int, on_step: Callable[[int], None] | None = None) -> None:
         """One pass over the data; `on_step(step_count)` is called after every optimizer step."""
         B, n = int(self.common["batch_size"]), self.x.shape[0]
-        perms = torch.stack([torch.randperm(n, generator=g) for g in self.order_gens])  # (M, n)
+        perms = torch.stack([torch.randperm(n, generator=g) for g in self.order_gens]).to(self.device)  # (M, n)
         self.template.train()
         for s in range(0, n, B):
             if not self.train_step(perms[:, s : s + B], epoch):

@@ -37,13 +37,16 @@ class Task:
     def n_train(self) -> int:
         return int(self.x_train.shape[0])
 
-    def to(self, dtype: torch.dtype) -> "Task":
-        """This task with its floating-point tensors (inputs, PDE targets, the objective's
-        points) in `dtype`; class and token labels keep their integer type. Used to train a
-        population in float64, the oracle the float32 trainer is tested against."""
-        cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Task":
+        """This task with its floating-point tensors (inputs, PDE targets, the objective's points)
+        in `dtype` and every tensor on `device`; class and token labels keep their integer type.
+        float64 is the oracle the float32 trainer is tested against; a device is where a
+        population trains."""
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
+
         return replace(self, x_train=cast(self.x_train), y_train=cast(self.y_train), x_test=cast(self.x_test),
-                       y_test=cast(self.y_test), objective=self.objective.to(dtype))
+                       y_test=cast(self.y_test), objective=self.objective.to(dtype, device))
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name == "train":
