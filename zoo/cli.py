@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from zoo.errors import ZooError
+from zoo.machine import DEVICES
 
 DEFAULT_OUT = "build/phases"
 
@@ -26,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-ray", action="store_true", help="train bundles in this process (debugging)")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.add_argument("--no-metrics", action="store_true", help="train only; compute the landscape metrics later with `zoo metrics`")
-    b.add_argument("--device", choices=("auto", "cpu", "cuda"),
+    b.add_argument("--device", choices=DEVICES,
                    help="where bundles train, for every zoo (default: each spec's compute.device, auto = CUDA when torch sees a GPU)")
     b.add_argument("--dry-run", action="store_true", help="print the plan (zoos, models, architectures, populations, "
                    "bundles, size estimate) and a JSON line; train and write nothing")

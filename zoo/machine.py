@@ -11,8 +11,6 @@ import os
 import platform
 from functools import lru_cache
 
-import torch
-
 __all__ = ["DEVICES", "cpu_model", "machine_info", "resolve_device"]
 
 
@@ -36,6 +34,8 @@ def machine_info(torch_threads: int | None = None) -> dict:
     process's current setting). `cpu_capability` is the vector instruction level torch's CPU
     kernels dispatch to (e.g. AVX2, AVX512), one of the things that decide summation order.
     """
+    import torch  # here, not at import: the CLI reads DEVICES without loading torch
+
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count() or 1,
@@ -52,6 +52,8 @@ DEVICES = ("auto", "cpu", "cuda")
 def resolve_device(requested: str, where: str = "compute.device") -> str:
     """"auto" -> "cuda" when torch sees a GPU, else "cpu"; "cuda" where there is none is a
     ZooError naming `where` and what is valid here."""
+    import torch
+
     from zoo.errors import ZooError
 
     if requested not in DEVICES:

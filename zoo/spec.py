@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zoo import nets, tasks
 from zoo.errors import ZooError
 from zoo.landscape.phases import PhaseThresholds
+from zoo.machine import DEVICES
 
 TEMPERATURE_PARAMS = ("batch_size", "lr")
 LOAD_PARAMS = ("width", "data_fraction", "label_noise")
@@ -152,7 +153,7 @@ class Compute(_Strict):
     # the CPU; on CUDA each Ray task asks for `gpus_per_worker` GPUs (a fraction shares one GPU).
     # Placement, not part of what the models are: left out of training_json (a build can resume on
     # another device); the landscape metrics run on the CPU.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal[DEVICES] = "auto"  # type: ignore[valid-type]  (zoo.machine.DEVICES: one list for spec, CLI, resolver)
     gpus_per_worker: float = Field(1.0, gt=0, le=1)
 
 
