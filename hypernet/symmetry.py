@@ -65,6 +65,8 @@ def perm_groups(module: nn.Module) -> list[PermGroup]:
     """
     family = getattr(module, "zoo_family", None) or _infer_family(module)
     if family in ("mlp", "pinn"):
+        if any(n.startswith("res") for n, _ in module.named_children()):
+            return _residual_mlp_groups(module)
         return _chain_groups(module, nn.Linear, "fc")
     if family == "cnn":
         return _chain_groups(module, _CONV, "conv")
@@ -103,8 +105,31 @@ def _chain_groups(module: nn.Module, kinds, prefix: str) -> list[PermGroup]:
         if m_next.weight.shape[1] != size:
             raise ZooError(f"{nxt} reads {m_next.weight.shape[1]} features, {name} makes {size}")
         axes = [(f"{name}.weight", 0)] + ([(f"{name}.bias", 0)] if m.bias is not None else [])
+        axes += _norm_axes(module, f"norm{name[len(prefix):]}")
         groups.append(PermGroup(name, size, tuple(axes + [(f"{nxt}.weight", 1)])))
     return groups
+
+
+def _norm_axes(module: nn.Module, name: str) -> list[tuple[str, int]]:
+    """A LayerNorm after a layer (mlp `norm`) permutes with that layer's units: its statistics
+    are over all of them, so a permutation only reorders its gain and bias."""
+    norm = dict(module.named_modules()).get(name)
+    if not isinstance(norm, nn.LayerNorm):
+        return []
+    return [(f"{name}.{k}", 0) for k in ("weight", "bias") if getattr(norm, k, None) is not None]
+
+
+def _residual_mlp_groups(module: nn.Module) -> list[PermGroup]:
+    """An mlp with residual blocks (h + act(norm(fc(h)))): the sum ties every block's input and
+    output units to the first layer's, so the whole residual stream is one group: fc0's rows (and
+    norm0), each block's fc rows and columns (and its norm), and the head's columns."""
+    fc0 = module.fc0
+    axes = [("fc0.weight", 0), ("fc0.bias", 0), *_norm_axes(module, "norm0")]
+    for name, block in module.named_children():
+        if name.startswith("res"):
+            axes += [(f"{name}.fc.weight", 0), (f"{name}.fc.weight", 1), (f"{name}.fc.bias", 0),
+                     *_norm_axes(module, f"{name}.norm")]
+    return [PermGroup("stream", fc0.weight.shape[0], tuple(axes + [("head.weight", 1)]))]
 
 
 def _bn_axes(prefix: str, bn: nn.Module) -> list[tuple[str, int]]:

@@ -16,6 +16,11 @@ from zoo.errors import ZooError
 # case -> (family, task, knobs)
 CASES = {
     "mlp": ("mlp", "mnist1d", {"width": 8, "depth": 2}),
+    # the knobs a zoo samples (configs/zoos/deepnets_mnist1d.yaml): LayerNorm vectors follow their
+    # layer's units; with residual blocks the whole stream is one group
+    "mlp_layernorm": ("mlp", "mnist1d", {"width": 8, "depth": 3, "norm": "layernorm", "activation": "gelu"}),
+    "mlp_residual": ("mlp", "mnist1d", {"width": 8, "depth": 3, "residual": True, "norm": "layernorm",
+                                        "activation": "silu"}),
     "pinn": ("pinn", "convection", {"width": 8, "depth": 2}),
     "cnn": ("cnn", "mnist1d", {}),
     "resnet": ("resnet", "mnist1d", {"width": 4, "stages": 2}),

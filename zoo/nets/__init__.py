@@ -33,6 +33,20 @@ def knobs(family: str) -> dict[str, object]:
     return {k: p.default for k, p in sig.parameters.items() if k not in ("input_shape", "n_classes")}
 
 
+# Knobs added after zoos had been built with the family: a member's `arch` records them only when
+# they are not at their default, so every architecture that existed before keeps its arch JSON
+# (and with it its model ids).
+LATE_KNOBS = ("activation", "residual", "norm")
+
+
+def recorded_knobs(family: str, given: dict) -> dict[str, object]:
+    """The knobs of a member's `arch`: the family's defaults overridden by `given`, minus late knobs
+    at their default (see LATE_KNOBS). Building from it gives the same net as building from `given`."""
+    defaults = knobs(family)
+    out = {**defaults, **given}
+    return {k: v for k, v in out.items() if not (k in LATE_KNOBS and k in defaults and v == defaults[k])}
+
+
 def check_knobs(family: str, given: dict) -> None:
     valid = knobs(family)
     unknown = sorted(set(given) - set(valid))
