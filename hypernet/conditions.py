@@ -60,15 +60,21 @@ class ConditionSpec:
         """From ZooSpec objects (zoo.spec): one entry per zoo."""
         out = {}
         for s in specs:
-            t, l = s.axes.temperature, s.axes.load
+            t_param, l_param = s.plane_params()
+            if s.phase == "grid":
+                t_values, l_values = s.axes.temperature.values, s.axes.load.values
+            else:  # a sampled plane: the values its points took
+                cells = s.cells()
+                t_values = sorted({c.temperature for c in cells})
+                l_values = sorted({c.load for c in cells})
             out[s.name] = {
                 "task": s.task,
                 "task_args": dict(s.task_args),
                 "family": s.model.family,
-                "temperature": AxisNorm.fit(t.param, [float(v) for v in t.values]).__dict__,
-                "load": AxisNorm.fit(l.param, [float(v) for v in l.values]).__dict__,
-                "temperature_values": [float(v) for v in t.values],
-                "load_values": [float(v) for v in l.values],
+                "temperature": AxisNorm.fit(t_param, [float(v) for v in t_values]).__dict__,
+                "load": AxisNorm.fit(l_param, [float(v) for v in l_values]).__dict__,
+                "temperature_values": [float(v) for v in t_values],
+                "load_values": [float(v) for v in l_values],
             }
         return cls(out)
 

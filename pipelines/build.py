@@ -22,9 +22,7 @@ from pipelines.runner import Job, Reporter, run_jobs
 from zoo import card, store, tasks
 from zoo.errors import ZooError
 from zoo.machine import resolve_device
-from zoo.spec import Collection, ZooSpec
-
-PHASES = ("grid",)
+from zoo.spec import PHASES, Collection, ZooSpec, parse_spec
 
 
 def _check_existing(manifest: dict, spec: ZooSpec, out: Path) -> None:
@@ -44,9 +42,20 @@ def check_out_dir(out: Path) -> None:
                        "choose a new or empty folder")
 
 
-def check_phase(phase: str) -> None:
-    if phase not in PHASES:
+def check_phase(phase: str | None) -> None:
+    if phase is not None and phase not in PHASES:
         raise ZooError(f"--phase {phase!r} is not valid; valid: {', '.join(PHASES)}")
+
+
+def set_phase(collection: Collection, phase: str | None) -> None:
+    """Apply --phase to every zoo (None: each spec's own `phase`), validated again: a grid needs
+    `axes`, a random plane a `sampling` block, and each error names the collection file and zoo."""
+    check_phase(phase)
+    if phase is None:
+        return
+    where = collection.path or "<collection>"
+    collection.zoos[:] = [s if s.phase == phase else parse_spec({**s.to_json(), "phase": phase}, f"{where}: zoo {s.name}")
+                          for s in collection.zoos]
 
 
 def place(collection: Collection, device: str | None = None, address: str | None = None) -> None:
@@ -67,12 +76,13 @@ def gpu_share(compute) -> float:
     return compute.gpus_per_worker if compute.device == "cuda" else 0.0
 
 
-def build(collection: Collection, out: str | Path, phase: str = "grid", address: str | None = None,
+def build(collection: Collection, out: str | Path, phase: str | None = None, address: str | None = None,
           workers: int | None = None, use_ray: bool = True, progress: bool = True, metrics: bool = True,
           device: str | None = None) -> dict:
     """Build every zoo of the collection into `out` (training, then metrics); returns the manifest.
-    `device` (auto | cpu | cuda) overrides the specs' compute.device."""
-    check_phase(phase)
+    `phase` (grid | random) and `device` (auto | cpu | cuda) override the specs' phase and
+    compute.device."""
+    set_phase(collection, phase)
     place(collection, device, address)
     out = Path(out)
     workers = workers or os.cpu_count() or 1
@@ -120,14 +130,16 @@ def build(collection: Collection, out: str | Path, phase: str = "grid", address:
                                               specs[b.zoo].storage.shard_max_mb)
 
     jobs = [Job(f"{b.zoo} bundle {b.index} ({len(b.members)} models)",
-                (spec_json[b.zoo], [m.model_id for m in b.members], b.bundle_id), len(b.members), commit(b),
+                (spec_json[b.zoo], b.member_ids(), b.bundle_id), len(b.members), commit(b),
                 num_gpus=gpu_share(specs[b.zoo].compute))
             for b in pending]
     t0 = time.perf_counter()
     run_jobs(train_bundle, jobs, address=address, workers=workers, use_ray=use_ray,
              reporter=Reporter(console, "training", "models", finished, total))
     if console and jobs:
-        console.print(f"trained {total - finished} models in {time.perf_counter() - t0:.1f}s")
+        took = time.perf_counter() - t0
+        console.print(f"trained {total - finished} models in {took:.1f}s ({(total - finished) / took:.2f} models/s, "
+                      "Ray start-up included)")
     for spec in collection.zoos:
         manifest["zoos"][spec.name].update(store.zoo_summary(out, spec.name), status="trained",
                                            bundles=len(plan(spec)))

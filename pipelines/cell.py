@@ -11,7 +11,7 @@ from zoo import tasks
 from zoo.landscape.cka import pairwise_cka, penultimate_and_logits
 from zoo.landscape.connectivity import connectivity, pairs
 from zoo.landscape.hessian import hessian_metrics
-from zoo.spec import parse_spec
+from zoo.spec import members_by_id, parse_spec
 from zoo.train import MemberConfig, Population, derived_seed
 
 NAN = float("nan")
@@ -44,7 +44,7 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
     if not member_ids:
         return {**out, "seconds": time.perf_counter() - t0}
     torch.set_num_threads(spec.compute.threads_per_worker)
-    by_id = {m.model_id: m for m in spec.members()}
+    by_id = members_by_id(spec_json)
     members = [by_id[i] for i in member_ids]
     first = members[0]
     task = tasks.load(spec.task, first.task_args)

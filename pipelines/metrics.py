@@ -77,19 +77,20 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
     at = rows[rows["epoch"] == spec.metrics.epoch]
     spec_json = spec.to_json()
     jobs = []
-    cells = spec.cells()
-    for cell in cells:
-        path = store.cell_file(out, spec.name, cell.ti, cell.li)
+    groups = spec.groups()
+    for group, members in groups.items():
+        cell = members[0].cell
+        path = store.cell_file(out, spec.name, group)
         if path.exists():
             continue
-        sel = at[at["cell"] == cell.id].sort_values("seed")
+        sel = at[at["cell"] == group].sort_values("seed")
         if sel.empty:
-            raise ZooError(f"{out}: zoo {spec.name} has no rows for cell {cell.id} at epoch {spec.metrics.epoch}")
+            raise ZooError(f"{out}: zoo {spec.name} has no rows for cell {group} at epoch {spec.metrics.epoch}")
         ok = sel[sel["status"] == "ok"]
         measured = ok.head(spec.metrics.seeds) if spec.metrics.seeds else ok  # the lowest seeds (sorted above)
         ids = measured["model_id"].tolist()
         summary = {
-            "zoo": spec.name, "cell": cell.id, "temperature_param": cell.temperature_param,
+            "zoo": spec.name, "cell": group, "arch_id": members[0].arch_id, "temperature_param": cell.temperature_param,
             "temperature": float(cell.temperature), "load_param": cell.load_param, "load": float(cell.load),
             "metrics_epoch": spec.metrics.epoch, "n_models": len(ok), "n_diverged": int(len(sel) - len(ok)),
             "train_loss": finite_mean(ok["train_loss"]), "train_error": _train_error(ok),
@@ -102,11 +103,11 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
             res = {k: v for k, v in res.items() if k != "seconds"}
             store.write_cell(path, {**summary, **res, "phase": ""})  # labelled by _finish
 
-        def load(rows=measured.to_dict("records"), cell_id=cell.id, ids=ids):  # read when submitted, not now
+        def load(rows=measured.to_dict("records"), cell_id=group, ids=ids):  # read when submitted, not now
             return spec_json, cell_id, ids, [store.read_state(out, r) for r in rows]
 
-        jobs.append(Job(f"{spec.name} cell {cell.id} ({len(ids)} models)", (), 1, commit, load=load))
-    return jobs, len(cells)
+        jobs.append(Job(f"{spec.name} cell {group} ({len(ids)} models)", (), 1, commit, load=load))
+    return jobs, len(groups)
 
 
 def _train_error(ok) -> float:
@@ -156,7 +157,8 @@ def draw_figures(out: Path, zoo: str, cells: list[dict], manifest: dict) -> list
     paths = plots.plot_zoo(cells, zoo, fig_dir, margin_bound=bound)
     rows = store.read_rows(out, zoo).to_pandas()
     metric = "test_acc" if rows["test_acc"].notna().any() else "test_rel_l2"  # a PDE zoo has no accuracy
-    paths.append(plots.learning_curves(rows, zoo, fig_dir / f"{zoo}-learning-curves.png", metric=metric))
+    curves = plots.learning_curves if plots.is_grid(cells) else plots.learning_curves_by_phase
+    paths.append(curves(rows, zoo, fig_dir / f"{zoo}-learning-curves.png", metric=metric))
     figs = [f for f in manifest.get("figures", []) if not Path(f).name.startswith(f"{zoo}-")]
     manifest["figures"] = sorted(figs + [str(Path(p).relative_to(out)) for p in paths])
     return paths

@@ -1,8 +1,10 @@
 """Plan the bundles of a zoo: members that can train as one population, cut to a size limit.
 
 Members share a population when everything but seed, lr, weight decay and label noise is equal
-(architecture, task arguments, batch size, data fraction, optimizer, schedule, epochs). Plan order is the spec's
-cell order, so bundle indices and ids are the same on every run of the same spec.
+(architecture, task arguments, batch size, data fraction, optimizer, schedule, epochs), whatever
+cell or point they belong to. A bundle (one Ray task) is one population or, with
+compute.bundle_members, a few small ones. Plan order is the spec's member order, so bundle indices
+and ids are the same on every run of the same spec.
 """
 from __future__ import annotations
 
@@ -17,10 +19,19 @@ PER_MEMBER = ("lr", "weight_decay", "label_noise")
 
 @dataclass(frozen=True)
 class Bundle:
+    """One Ray task: one population, or several small ones trained one after the other."""
+
     zoo: str
     index: int
     bundle_id: str
-    members: tuple[Member, ...]
+    populations: tuple[tuple[Member, ...], ...]
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        return tuple(m for pop in self.populations for m in pop)
+
+    def member_ids(self) -> list[list[str]]:
+        return [[m.model_id for m in pop] for pop in self.populations]
 
 
 def population_key(m: Member) -> str:
@@ -28,17 +39,43 @@ def population_key(m: Member) -> str:
     return json.dumps({"arch": m.arch, "training": shared, "task_args": m.task_args}, sort_keys=True)
 
 
-def plan(spec: ZooSpec) -> list[Bundle]:
+def populations(spec: ZooSpec) -> list[tuple[Member, ...]]:
+    """Every member that can share a training step, across cells, points, architectures and seeds
+    (first appearance in plan order), split into near-equal parts of at most compute.max_members:
+    70 members with a cap of 64 train as 35 + 35, not 64 + 6, so the parts cost about the same."""
     groups: dict[str, list[Member]] = {}
     for m in spec.members():
         groups.setdefault(population_key(m), []).append(m)
-    bundles = []
     cap = spec.compute.max_members
+    out = []
     for members in groups.values():
-        for i in range(0, len(members), cap):
-            chunk = tuple(members[i : i + cap])
-            bid = hashlib.sha256(",".join(sorted(m.model_id for m in chunk)).encode()).hexdigest()[:12]
-            bundles.append(Bundle(spec.name, len(bundles), bid, chunk))
+        parts = -(-len(members) // cap)
+        size, extra = divmod(len(members), parts)
+        i = 0
+        for p in range(parts):
+            n = size + (p < extra)
+            out.append(tuple(members[i : i + n]))
+            i += n
+    return out
+
+
+def plan(spec: ZooSpec) -> list[Bundle]:
+    """Populations packed into bundles: consecutive populations smaller than
+    compute.bundle_members share a bundle while its total stays within it (None: one population
+    per bundle). Depends on the spec alone, so a resumed build plans the same bundles."""
+    target = spec.compute.bundle_members
+    packs: list[list[tuple[Member, ...]]] = []
+    for pop in populations(spec):
+        last = packs[-1] if packs else None
+        if target and last is not None and len(pop) < target and sum(len(p) for p in last) + len(pop) <= target:
+            last.append(pop)
+        else:
+            packs.append([pop])
+    bundles = []
+    for pops in packs:
+        ids = sorted(m.model_id for pop in pops for m in pop)
+        bid = hashlib.sha256(",".join(ids).encode()).hexdigest()[:12]
+        bundles.append(Bundle(spec.name, len(bundles), bid, tuple(pops)))
     return bundles
 
 
@@ -64,7 +101,7 @@ def plan_summary(spec: ZooSpec) -> dict:
         "zoo": spec.name,
         "models": len(members),
         "architectures": len(archs),
-        "populations": len({population_key(m) for m in members}),
+        "populations": len(populations(spec)),
         "bundles": len(bundles),
         "rows": len(members) * n_ckpt,
         "n_params": {"min": min(per_model), "max": max(per_model)},

@@ -42,8 +42,9 @@ class Reporter:
         self.bar = None
         if console is not None and console.is_terminal:
             self.bar = Progress(TextColumn(f"[bold blue]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
-            self.task = self.bar.add_task(label, total=total, completed=done)
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=console)
+            self.task = self.bar.add_task(label, total=total, completed=done, rate="")
 
     def __enter__(self):
         if self.bar:
@@ -55,16 +56,20 @@ class Reporter:
             self.bar.stop()
         return False
 
+    def rate(self) -> float:
+        """Units per second since this reporter started (units done before it not counted)."""
+        return (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
+
     def advance(self, job: Job, seconds: float | None) -> None:
         self.done += job.weight
+        rate = self.rate()
         if self.bar:
-            self.bar.advance(self.task, job.weight)
+            self.bar.update(self.task, advance=job.weight, rate=f"{rate:.2f} {self.unit}/s")
         elif self.console is not None:
-            rate = (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             took = f", {seconds:.1f}s" if seconds is not None else ""
-            self.console.print(f"[{self.done}/{self.total} {self.unit}] {self.label} {job.name}{took}; ETA {eta:.0f}s",
-                               highlight=False)
+            self.console.print(f"[{self.done}/{self.total} {self.unit}] {self.label} {job.name}{took}; "
+                               f"{rate:.2f} {self.unit}/s; ETA {eta:.0f}s", highlight=False)
 
 
 def start_ray(address: str | None, workers: int):
@@ -96,7 +101,11 @@ def run_jobs(fn: Callable, jobs: list[Job], *, address: str | None, workers: int
                 job.on_done(res)
                 reporter.advance(job, res.get("seconds") if isinstance(res, dict) else None)
         return
-    ray = start_ray(address, workers)
+    import ray
+
+    owned = not ray.is_initialized()  # inside a caller's Ray session (a benchmark's): use it, leave it running
+    if owned:
+        start_ray(address, workers)
     try:
         remote = ray.remote(num_cpus=1, max_retries=3)(fn)
         shared: dict[int, Any] = {}  # dict arguments (specs) are shared by many jobs: put each once
@@ -131,4 +140,5 @@ def run_jobs(fn: Callable, jobs: list[Job], *, address: str | None, workers: int
                     job.on_done(res)
                     reporter.advance(job, res.get("seconds") if isinstance(res, dict) else None)
     finally:
-        ray.shutdown()  # stops the local Ray, or disconnects from a cluster
+        if owned:
+            ray.shutdown()  # stops the local Ray, or disconnects from a cluster

@@ -32,7 +32,7 @@ class ZooCell:
     """One cell of a zoo: its hyperparameters and its trained members (final checkpoint, status ok)."""
 
     zoo: str
-    cell: str  # e.g. "T2L3"
+    cell: str  # e.g. "T2L3"; "P00012" for a sampled point; "T2L3-<arch_id>" with sampled architectures
     ti: int
     li: int
     temperature: float
@@ -116,12 +116,12 @@ def load_cells(root: str | Path, zoos: list[str] | None = None) -> list[ZooCell]
         table = table.filter(pc.equal(table["epoch"], final)).select(
             ["model_id", "seed", "status", "shard", "tensor_prefix", "cell"])
         by_id = {r["model_id"]: r for r in table.to_pylist()}
-        for c in spec.cells():
-            members = [spec.member(c, s) for s in spec.seeds]
+        for group, members in spec.groups().items():  # a cell, or a (cell, architecture) pair
             rows = [by_id[m.model_id] for m in members if m.model_id in by_id and by_id[m.model_id]["status"] == "ok"]
             first = members[0]
+            c = first.cell
             out.append(ZooCell(
-                zoo=spec.name, cell=c.id, ti=c.ti, li=c.li, temperature=float(c.temperature), load=float(c.load),
+                zoo=spec.name, cell=group, ti=c.ti, li=c.li, temperature=float(c.temperature), load=float(c.load),
                 temperature_param=c.temperature_param, load_param=c.load_param, task=spec.task,
                 task_args=dict(first.task_args), arch=dict(first.arch), init=spec.model.init,
                 training=dict(first.training), members=members, final_epoch=final, rows=rows,

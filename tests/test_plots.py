@@ -190,3 +190,54 @@ def test_learning_curves_deduplicates_checkpoints(tmp_path):
     _check_png(plots.learning_curves(no_id, ZOO, tmp_path / "b.png"))
     with pytest.raises(ValueError, match="test_acc"):
         plots.learning_curves(rows, ZOO, tmp_path / "c.png", metric="train_loss")
+
+
+def sampled_cells(n: int = 60, duplicates: bool = False) -> list[dict]:
+    """Cells of a sampled plane (lr continuous, a few widths); with `duplicates`, two
+    architectures at every point (a sampled-architecture zoo)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for k in range(n):
+        lr, w = float(10 ** rng.uniform(-3, -1)), float(rng.choice([8, 32, 128]))
+        for a in ("a", "b") if duplicates else ("",):
+            rows.append({"zoo": ZOO, "cell": f"P{k:05d}{'-' + a if a else ''}", "temperature_param": "lr",
+                         "temperature": lr, "load_param": "width", "load": w,
+                         "test_acc": float(rng.uniform(0.2, 0.5)), "mc_loss": float(rng.uniform(-1, 0.5)),
+                         "phase": list(plots.PHASES)[k % 5], "phase_uncertain": bool(k % 7 == 0)})
+    return rows
+
+
+def test_is_grid_tells_a_plane_of_tiles_from_a_sampled_one():
+    assert plots.is_grid(synthetic_cells())
+    assert not plots.is_grid(sampled_cells())
+    assert not plots.is_grid(sampled_cells(10, duplicates=True))
+    assert not plots.is_grid(synthetic_cells()[:-1])  # a missing cell: not a full product
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_sampled_plane_is_drawn_as_scatter(tmp_path, duplicates):
+    cells = sampled_cells(40, duplicates)
+    paths = plots.plot_zoo(cells, ZOO, tmp_path)
+    assert [p.name for p in paths] == [f"{ZOO}-phases.png", f"{ZOO}-test_acc.png", f"{ZOO}-mc_loss.png"]
+    for p in paths:
+        _check_png(p)
+    fig = plots.phase_scatter_figure(cells, ZOO)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "temperature: lr (log scale)"
+    offsets = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())])
+    assert len(offsets) == len(cells)  # every cell one marker, none lost
+    assert len({tuple(o) for o in offsets}) == len(cells)  # shared points spread apart
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("ring: margin < 1 seed spread") for t in labels)
+    counts = {t.split(":")[0]: int(t.rsplit("(", 1)[1].rstrip(")")) for t in labels if not t.startswith("ring")}
+    assert sum(counts.values()) == len(cells)
+
+
+def test_learning_curves_by_phase(tmp_path):
+    rows = []
+    for k, c in enumerate(sampled_cells(20)):
+        for seed in (0, 1):
+            rows.append({**c, "model_id": f"m{k}-{seed}", "seed": seed, "epoch": 3,
+                         "curve_test_acc": [0.1, 0.2 + 0.01 * k, 0.3]})
+    path = plots.learning_curves_by_phase(rows, ZOO, tmp_path / "curves.png", per_panel=5)
+    _check_png(path)

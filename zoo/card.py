@@ -36,6 +36,24 @@ def _fmt_values(values) -> str:
     return ", ".join(f"{v:g}" for v in values)
 
 
+def _fmt_axis(axis: dict) -> str:
+    """A grid axis (values) or a sampled one (a range, log or linear, or values to choose from)."""
+    if axis.get("values") is not None:
+        return f"{axis['param']}: {_fmt_values(axis['values'])}"
+    lo, hi = axis["range"]
+    return f"{axis['param']}: {lo:g}–{hi:g}{' (log)' if axis.get('log', True) else ''}"
+
+
+def _fmt_plane(spec: dict) -> tuple[str, str, str]:
+    """(temperature, load, seeds) cells of the zoo table: the grid's axes, or the sampled plane's
+    ranges with the number of points."""
+    if spec.get("phase") == "random":
+        sp = spec["sampling"]
+        return (f"{_fmt_axis(sp['temperature'])}; {sp['points']} {sp['method']} points", _fmt_axis(sp["load"]),
+                str(len(spec["seeds"])))
+    return _fmt_axis(spec["axes"]["temperature"]), _fmt_axis(spec["axes"]["load"]), str(len(spec["seeds"]))
+
+
 def _fmt_phases(phases: dict | None, uncertain: dict | None = None) -> str:
     """Cells per phase and, when the manifest has the counts (built since the margins exist), how
     many of them are uncertain, e.g. `I: 7, II: 15 (3 uncertain), III: 2; 3 of 24 uncertain`."""
@@ -57,23 +75,24 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         f"# {manifest.get('collection', 'zoo')}: a model zoo on the phase plane",
         "",
         "Populations of small neural networks trained across a phase diagram of hyperparameters: "
-        "for every zoo one task, one model family, a grid of (temperature, load) cells and several "
-        "seeds per cell. Temperature is the noise of training (batch size or learning rate); load is "
+        "for every zoo one task, one model family, a grid of (temperature, load) cells or points "
+        "sampled on that plane, one or many architectures, and several seeds per cell. Temperature is the noise of training (batch size or learning rate); load is "
         "data relative to capacity (width, data fraction, label noise, or a PDE coefficient). One row per model and "
         "checkpoint epoch, with its hyperparameters, metrics, learning curve and weights.",
         "",
         "## Zoos",
         "",
-        "| zoo | task | family | temperature | load | seeds | epochs | models | rows | diverged | parameters | phases (cells) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| zoo | task | family | temperature | load | seeds | architectures | epochs | models | rows | diverged | parameters | phases (cells) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in zoos:
         z = manifest["zoos"][name]
         s = z["spec"]
-        t, l = s["axes"]["temperature"], s["axes"]["load"]
+        t, l, seeds = _fmt_plane(s)
+        archs = z.get("architectures", 1)
+        sampled = " (sampled)" if s.get("architectures") else ""
         lines.append(
-            f"| {name} | {s['task']} | {s['model']['family']} | {t['param']}: {_fmt_values(t['values'])} "
-            f"| {l['param']}: {_fmt_values(l['values'])} | {len(s['seeds'])} | {s['training']['epochs']} "
+            f"| {name} | {s['task']} | {s['model']['family']} | {t} | {l} | {seeds} | {archs}{sampled} | {s['training']['epochs']} "
             f"| {z['models']} | {z['rows']} | {z['diverged']} | {z['n_params']['min']:,}–{z['n_params']['max']:,} "
             f"| {_fmt_phases(z.get('phases'), z.get('phases_uncertain'))} |"
         )

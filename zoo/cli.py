@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zoo", description="Build, inspect and check phase-diagram model zoos.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train the zoos of a spec or collection into a dataset folder")
-    b.add_argument("--phase", default="grid", help="how the plane is sampled: grid = every cell x every seed")
+    b.add_argument("--phase", help="how the plane is sampled, for every zoo: grid = every cell of `axes` x every seed, "
+                   "random = the `sampling` block's points x every seed (default: each spec's `phase`, grid unless set)")
     b.add_argument("--config", help="zoo spec or collection YAML (default: the built-in configs/default.yaml, the MLP zoo; configs/phases.yaml has every family)")
     b.add_argument("--out", default=DEFAULT_OUT, help=f"dataset folder (default: {DEFAULT_OUT})")
     b.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
@@ -102,20 +103,21 @@ def cmd_plot(a) -> int:
     return 0
 
 
-def _print_plan(collection, phase: str, device: str | None = None) -> int:
+def _print_plan(collection, phase: str | None, device: str | None = None) -> int:
     """`zoo build --dry-run`: one table row per zoo and, as the last stdout line, the totals as JSON."""
     import json
 
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.build import check_phase, place
+    from pipelines.build import place, set_phase
     from pipelines.plan import plan_summary
 
-    check_phase(phase)
+    set_phase(collection, phase)
     place(collection, device)
     rows = [plan_summary(spec) for spec in collection.zoos]
-    t = Table(title=f"plan of {collection.name} (--phase {phase}; nothing is trained or written)")
+    phases = "/".join(sorted({s.phase for s in collection.zoos}))
+    t = Table(title=f"plan of {collection.name} (--phase {phases}; nothing is trained or written)")
     for col in ("zoo", "models", "architectures", "populations", "bundles", "rows", "params", "size (est.)", "device"):
         t.add_column(col, justify="left" if col in ("zoo", "device") else "right", no_wrap=True)
     for r, spec in zip(rows, collection.zoos):
@@ -136,15 +138,16 @@ def _print_info(root: Path, manifest: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"{root} ({manifest.get('collection', '?')})")
-    for col in ("zoo", "status", "cells", "models", "checkpoints", "rows", "diverged", "params", "size"):
+    for col in ("zoo", "status", "cells", "architectures", "models", "checkpoints", "rows", "diverged", "params", "size"):
         t.add_column(col, justify="left" if col in ("zoo", "status") else "right", no_wrap=True)
     files = manifest.get("files", {})
     for name, z in sorted(manifest.get("zoos", {}).items()):
         size = sum(f["bytes"] for k, f in files.items() if f"/{name}/" in k)
         if z.get("status") != "complete":
-            t.add_row(name, z.get("status", "?"), *["-"] * 7)
+            t.add_row(name, z.get("status", "?"), *["-"] * 8)
             continue
-        t.add_row(name, "complete", str(z["cells"]), str(z["models"]), ",".join(map(str, z["checkpoints"])),
+        t.add_row(name, "complete", str(z["cells"]), str(z.get("architectures", "?")), str(z["models"]),
+                  ",".join(map(str, z["checkpoints"])),
                   str(z["rows"]), str(z["diverged"]), f"{z['n_params']['min']:,}-{z['n_params']['max']:,}",
                   f"{size / 2**20:.1f} MiB")
     console = Console()

@@ -48,6 +48,10 @@ __all__ = [
     "format_tick",
     "phase_grid",
     "model_rows",
+    "is_grid",
+    "heatmap_scatter",
+    "phase_scatter_figure",
+    "learning_curves_by_phase",
 ]
 
 DPI = 120
@@ -364,6 +368,131 @@ def _metric_norm(values: np.ndarray, kind: str):
     return Normalize(lo, hi)
 
 
+# ---- sampled planes --------------------------------------------------------------------------
+def is_grid(table: Any, zoo: str | None = None) -> bool:
+    """True when the table is one row per cell of a full (temperature x load) product: drawn as
+    tiles. A sampled plane (--phase random) or a plane with several architectures per cell is
+    drawn as a scatter over the axes' values instead."""
+    df = _select_zoo(table if isinstance(table, pd.DataFrame) else _to_frame(table), zoo, "cells")
+    _require(df, ["temperature", "load"], "cells")
+    pts = set(zip(df["temperature"].astype(float), df["load"].astype(float)))
+    n_t, n_l = df["temperature"].nunique(), df["load"].nunique()
+    return len(pts) == len(df) == n_t * n_l
+
+
+def _scatter_axes(ax, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Set up value axes (log where the values are positive and span a decade) and return the
+    points' coordinates; rows sharing a (temperature, load) point (several architectures) are
+    spread on a small circle around it, so each stays visible."""
+    x = pd.to_numeric(df["temperature"], errors="coerce").to_numpy(float)
+    y = pd.to_numeric(df["load"], errors="coerce").to_numpy(float)
+    logs = []
+    for v, setter in ((x, ax.set_xscale), (y, ax.set_yscale)):
+        log = bool(np.all(v > 0) and v.max() / v.min() >= 10)
+        setter("log" if log else "linear")
+        logs.append(log)
+    key = pd.Series(list(zip(x, y)))
+    rank = key.groupby(key).cumcount().to_numpy()
+    count = key.map(key.value_counts()).to_numpy()
+    angle = 2 * np.pi * rank / np.maximum(count, 1)
+    r = np.where(count > 1, 0.035, 0.0)  # in decades (log) or fractions of the span
+    out = []
+    for v, log, trig in ((x, logs[0], np.cos), (y, logs[1], np.sin)):
+        span = np.ptp(np.log10(v)) if log else np.ptp(v)
+        d = r * trig(angle) * max(span, 1e-12)
+        out.append(v * 10 ** d if log else v + d)
+    tparam = _param_name(df, "temperature_param", "temperature")
+    lparam = _param_name(df, "load_param", "load")
+    ax.set_xlabel(f"temperature: {tparam}" + (" (log scale)" if logs[0] else ""))
+    ax.set_ylabel(f"load: {lparam}" + (" (log scale)" if logs[1] else ""))
+    ax.grid(True, color="#e6e6e6", linewidth=0.6)
+    ax.set_axisbelow(True)
+    return out[0], out[1]
+
+
+def _marker_size(n: int) -> float:
+    return float(np.clip(3000 / max(n, 1), 6, 80))
+
+
+def heatmap_scatter(cells: Any, metric: str, zoo: str, path: Path) -> Path:
+    """One metric over a sampled plane: one dot per cell/point, colored by its value."""
+    style = METRICS[metric]
+    df = _cells_frame(cells, zoo)
+    v = pd.to_numeric(df.get(metric, pd.Series(np.nan, index=df.index)), errors="coerce").to_numpy(float)
+    fig = _new_figure((7.2, 5.0))
+    ax = fig.add_subplot()
+    x, y = _scatter_axes(ax, df)
+    ok = np.isfinite(v)
+    size = _marker_size(len(df))
+    ax.scatter(x[~ok], y[~ok], s=size, facecolor=_NAN_COLOR, edgecolor=_HATCH_EDGE, linewidth=0.6, label="n/a")
+    norm = _metric_norm(v, style.kind)
+    sc = ax.scatter(x[ok], y[ok], s=size, c=v[ok], cmap=colormaps[style.cmap], norm=norm, edgecolor="none")
+    cb = fig.colorbar(sc, ax=ax)
+    note = " (centred at 0)" if style.kind == "diverging" else (" (log color scale)" if isinstance(norm, LogNorm) else "")
+    cb.set_label(style.title + note)
+    cb.outline.set_visible(False)
+    ax.set_title(f"{zoo}: {style.title} ({ok.sum()} of {len(df)} cells)")
+    return _save(fig, path)
+
+
+def phase_scatter_figure(cells: Any, zoo: str, margin_bound: float = 1.0) -> Figure:
+    """The phases of a sampled plane: one dot per cell/point in its phase color; an uncertain
+    label (margin below `margin_bound` seed spreads) is drawn as a ring of that color; the legend
+    counts each phase."""
+    df = _cells_frame(cells, zoo)
+    phase = [_normalize_phase(p) for p in df.get("phase", pd.Series([None] * len(df)))]
+    unsure = np.array([_is_true(u) for u in df.get("phase_uncertain", pd.Series([None] * len(df)))])
+    fig = _new_figure((8.6, 5.2))
+    ax = fig.add_subplot()
+    x, y = _scatter_axes(ax, df)
+    size = _marker_size(len(df))
+    handles = []
+    for lab in (*PHASES, UNKNOWN):
+        sel = np.array([p == lab for p in phase])
+        if not sel.any():
+            continue
+        sure, ring = sel & ~unsure, sel & unsure
+        color = PHASE_COLORS[lab]
+        ax.scatter(x[sure], y[sure], s=size, facecolor=color, edgecolor="#444444", linewidth=0.3, zorder=2)
+        ax.scatter(x[ring], y[ring], s=size, facecolor="white", edgecolor=color, linewidth=1.6, zorder=2)
+        meaning = PHASES.get(lab, "no label")
+        handles.append(Patch(facecolor=color, edgecolor="#444444", label=f"{lab}: {meaning} ({sel.sum()})"))
+    if unsure.any():
+        handles.append(Patch(facecolor="white", edgecolor="#444444", linewidth=1.6,
+                             label=f"ring: margin < {margin_bound:g} seed spread or unknown ({unsure.sum()})"))
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, title="phase (cells)",
+              alignment="left", fontsize=8.5, title_fontsize=10)
+    ax.set_title(f"{zoo}: phases of {len(df)} cells")
+    return fig
+
+
+def learning_curves_by_phase(rows: Any, zoo: str, path: Path, metric: str = "test_acc", per_panel: int = 60) -> Path:
+    """Learning curves of a sampled plane: one panel per phase, at most `per_panel` models each
+    (an even pick in model-id order, so the figure is the same on every draw), one thin line per model."""
+    col = f"curve_{metric}"
+    df = model_rows(rows, zoo, metric)
+    df = df.assign(_phase=[_normalize_phase(p) for p in df.get("phase", pd.Series([None] * len(df)))])
+    labs = [p for p in (*PHASES, UNKNOWN) if (df["_phase"] == p).any()]
+    title = METRICS[metric].title if metric in METRICS else _CURVE_TITLES.get(metric, metric)
+    fig = _new_figure((max(4.0, 2.6 * len(labs)) + 0.6, 3.4))
+    axes = fig.subplots(1, len(labs), sharey=True, squeeze=False)[0]
+    for ax, lab in zip(axes, labs):
+        g = df[df["_phase"] == lab].sort_values("model_id" if "model_id" in df.columns else "seed")
+        pick = g.iloc[np.unique(np.linspace(0, len(g) - 1, min(per_panel, len(g))).round().astype(int))]
+        for curve in pick[col]:
+            yv = _as_curve(curve)
+            if yv.size:
+                ax.plot(np.arange(yv.size), yv, color=PHASE_COLORS[lab], linewidth=0.7, alpha=0.6)
+        ax.set_title(f"{lab} ({len(g)} models)", fontsize=9)
+        ax.grid(True, color="#e6e6e6", linewidth=0.6)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("epoch", fontsize=8)
+    axes[0].set_ylabel(title, fontsize=9)
+    fig.suptitle(f"{zoo}: learning curves by phase ({title}, up to {per_panel} models a panel)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return _save(fig, path)
+
+
 # ---- public figures ----------------------------------------------------------------------------
 def heatmap(cells: Any, metric: str, zoo: str, path: Path) -> Path:
     """PNG heatmap of one metric over the phase plane (x = temperature, y = load); returns path."""
@@ -480,13 +609,16 @@ def plot_zoo(cells: Any, zoo: str, out_dir: Path, margin_bound: float = 1.0) -> 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = _cells_frame(cells, zoo)
-    paths = [phase_map(df, zoo, out_dir / f"{zoo}-phases.png", margin_bound)]
+    grid = is_grid(df)
+    phases = out_dir / f"{zoo}-phases.png"
+    paths = [phase_map(df, zoo, phases, margin_bound) if grid else _save(phase_scatter_figure(df, zoo, margin_bound), phases)]
     for metric in METRICS:
         if metric not in df.columns:
             continue
         v = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=float)
         if np.isfinite(v).any():
-            paths.append(heatmap(df, metric, zoo, out_dir / f"{zoo}-{metric}.png"))
+            draw = heatmap if grid else heatmap_scatter
+            paths.append(draw(df, metric, zoo, out_dir / f"{zoo}-{metric}.png"))
     return paths
 
 

@@ -8,12 +8,17 @@ A collection file (`name:` + `zoos:` list of spec paths) groups zoos into one da
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import re
+import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -77,33 +82,136 @@ class Axis(_Strict):
         return v
 
 
+def _check_axis_values(axis_name: str, param: str, values: list[float], field: str = "values") -> list[float]:
+    """The plane's axis values for `param`, checked (one ValueError naming the entry) and typed."""
+    for i, v in enumerate(values):
+        where = f"{axis_name}.{field}[{i}]"
+        if param in INT_PARAMS and (v != int(v) or v < 1):
+            raise ValueError(f"{where}: {param} must be a positive integer (got {v})")
+        if param == "lr" and v <= 0:
+            raise ValueError(f"{where}: lr must be > 0 (got {v})")
+        if param == "data_fraction" and not 0 < v <= 1:
+            raise ValueError(f"{where}: data_fraction must be in (0, 1] (got {v})")
+        if param == "label_noise" and not 0 <= v < 1:
+            raise ValueError(f"{where}: label_noise must be in [0, 1) (got {v})")
+    return [int(v) for v in values] if param in INT_PARAMS else list(values)
+
+
+def _check_axis_param(axis_name: str, param: str) -> bool:
+    """True when `param` is a training/architecture parameter; False for a load axis that may be
+    a task argument (checked with the task in ZooSpec)."""
+    valid = TEMPERATURE_PARAMS if axis_name == "temperature" else LOAD_PARAMS
+    if param in valid:
+        return True
+    if axis_name == "load":
+        return False
+    raise ValueError(f"{axis_name}.param {param!r} is not valid; expected one of {', '.join(valid)}")
+
+
 class Axes(_Strict):
     temperature: Axis
     load: Axis
 
     @model_validator(mode="after")
     def _check(self):
-        for axis_name, axis, valid in (
-            ("temperature", self.temperature, TEMPERATURE_PARAMS),
-            ("load", self.load, LOAD_PARAMS),
-        ):
-            if axis_name == "load" and axis.param not in valid:
-                continue  # maybe a task argument (e.g. convection's beta): checked with the task in ZooSpec
-            if axis.param not in valid:
-                raise ValueError(f"{axis_name}.param {axis.param!r} is not valid; expected one of {', '.join(valid)}")
-            for i, v in enumerate(axis.values):
-                where = f"{axis_name}.values[{i}]"
-                if axis.param in INT_PARAMS and (v != int(v) or v < 1):
-                    raise ValueError(f"{where}: {axis.param} must be a positive integer (got {v})")
-                if axis.param == "lr" and v <= 0:
-                    raise ValueError(f"{where}: lr must be > 0 (got {v})")
-                if axis.param == "data_fraction" and not 0 < v <= 1:
-                    raise ValueError(f"{where}: data_fraction must be in (0, 1] (got {v})")
-                if axis.param == "label_noise" and not 0 <= v < 1:
-                    raise ValueError(f"{where}: label_noise must be in [0, 1) (got {v})")
-            if axis.param in INT_PARAMS:
-                axis.values = [int(v) for v in axis.values]
+        for axis_name, axis in (("temperature", self.temperature), ("load", self.load)):
+            if _check_axis_param(axis_name, axis.param):
+                axis.values = _check_axis_values(axis_name, axis.param, axis.values)
         return self
+
+
+class SampledAxis(_Strict):
+    """One axis of `--phase random`: a `range` [low, high] (sampled on a log scale unless
+    `log: false`; integer parameters are rounded) or a list of `values` to choose from."""
+
+    param: str
+    range: tuple[float, float] | None = None
+    values: list[float] | None = Field(None, min_length=1)
+    log: bool = True
+
+
+class Sampling(_Strict):
+    """`--phase random`: `points` points of the (temperature, load) plane, each trained with every
+    seed of `seeds`. `sobol` = a scrambled Sobol' sequence (low discrepancy), `uniform` = seeded
+    uniform draws; both from `seed`, and both prefix-stable: growing `points` keeps the earlier
+    points (and so their models) and adds new ones. Sampled values are rounded to 4 significant
+    digits (integers to the nearest integer), so a point's model ids are the same on every
+    machine; points that round to the same coordinates are kept once."""
+
+    points: int = Field(ge=1)
+    method: Literal["sobol", "uniform"] = "sobol"
+    seed: int = Field(0, ge=0)
+    temperature: SampledAxis
+    load: SampledAxis
+
+    @model_validator(mode="after")
+    def _check(self):
+        for axis_name, axis in (("temperature", self.temperature), ("load", self.load)):
+            if (axis.range is None) == (axis.values is None):
+                raise ValueError(f"{axis_name}: give either range: [low, high] or values: [...]")
+            known = _check_axis_param(axis_name, axis.param)
+            if axis.values is not None:
+                if len(set(axis.values)) != len(axis.values):
+                    raise ValueError(f"{axis_name}.values: must be distinct (got {axis.values})")
+                if known:
+                    axis.values = _check_axis_values(axis_name, axis.param, axis.values)
+                continue
+            lo, hi = axis.range
+            if not lo < hi:
+                raise ValueError(f"{axis_name}.range: low must be below high (got [{lo}, {hi}])")
+            if axis.log and lo <= 0:
+                raise ValueError(f"{axis_name}.range: a log-scale range must be positive (got [{lo}, {hi}]); "
+                                 "use log: false for a linear one")
+            if known and axis.param in INT_PARAMS:
+                if lo < 1:
+                    raise ValueError(f"{axis_name}.range[0]: {axis.param} must be >= 1 (got {lo})")
+                if math.floor(hi) < math.ceil(lo):
+                    raise ValueError(f"{axis_name}.range: holds no integer {axis.param} (got [{lo}, {hi}])")
+            elif known:
+                _check_axis_values(axis_name, axis.param, [lo, hi], "range")
+        return self
+
+    def unit_points(self) -> np.ndarray:
+        """(points, 2) in [0, 1): column 0 temperature, column 1 load."""
+        if self.method == "uniform":
+            return np.random.default_rng(self.seed).random((self.points, 2))
+        from scipy.stats import qmc
+
+        with warnings.catch_warnings():  # balance needs a power of 2; prefix stability matters more here
+            warnings.simplefilter("ignore")
+            return qmc.Sobol(d=2, scramble=True, seed=self.seed).random(self.points)
+
+
+def _axis_value(axis: SampledAxis, u: float) -> float:
+    if axis.values is not None:
+        return axis.values[min(int(u * len(axis.values)), len(axis.values) - 1)]
+    lo, hi = axis.range
+    v = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if axis.log else lo + u * (hi - lo)
+    if axis.param in INT_PARAMS:
+        return int(min(max(round(v), math.ceil(lo)), math.floor(hi)))
+    return float(f"{v:.4g}")
+
+
+class ArchSpace(_Strict):
+    """Architectures sampled per model within the family (GHN-2's DeepNets idea, for trained
+    models): `space` maps each knob to its choices; `count` distinct architectures are drawn
+    without replacement from their product by a generator seeded with `seed` (prefix-stable:
+    a larger count keeps the first ones). Two choices that build the same net (e.g. a residual
+    flag on a net with one hidden layer) count as one architecture."""
+
+    count: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
+    space: dict[str, list] = Field(min_length=1)
+
+    @field_validator("space")
+    @classmethod
+    def _choices(cls, v):
+        for knob, choices in v.items():
+            if not isinstance(choices, list) or not choices:
+                raise ValueError(f"{knob}: expected a non-empty list of choices (got {choices!r})")
+            if len({json.dumps(c) for c in choices}) != len(choices):
+                raise ValueError(f"{knob}: choices must be distinct (got {choices})")
+        return v
 
 
 class HessianSettings(_Strict):
@@ -147,7 +255,10 @@ class Storage(_Strict):
 
 
 class Compute(_Strict):
-    max_members: int = Field(64, ge=1)  # members per bundle (one Ray task)
+    max_members: int = Field(64, ge=1)  # members per population (one stacked training step)
+    # pack populations smaller than this into one bundle (Ray task) of up to this many members,
+    # so tiny populations do not each pay a task's start-up; None = one population per bundle
+    bundle_members: int | None = Field(None, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     # where bundles train: auto = CUDA when torch sees a GPU (resolved where the build starts), else
     # the CPU; on CUDA each Ray task asks for `gpus_per_worker` GPUs (a fraction shares one GPU).
@@ -157,14 +268,22 @@ class Compute(_Strict):
     gpus_per_worker: float = Field(1.0, gt=0, le=1)
 
 
+PHASES = ("grid", "random")  # how members are drawn from the plane (`zoo build --phase`)
+
+
 class ZooSpec(_Strict):
     name: str
     description: str = ""
+    # grid: every cell of `axes` x every seed; random: the `sampling` points x every seed.
+    # `zoo build --phase` sets it for every zoo of a collection.
+    phase: Literal[PHASES] = "grid"  # type: ignore[valid-type]
     task: str
     task_args: dict = Field(default_factory=dict)
     model: ModelSpec
     training: Training
-    axes: Axes
+    axes: Axes | None = None
+    sampling: Sampling | None = None
+    architectures: ArchSpace | None = None
     seeds: list[int] = Field(min_length=1)
     checkpoints: list[int] = Field(min_length=1)
     metrics: Metrics = Field(default_factory=Metrics)
@@ -208,13 +327,25 @@ class ZooSpec(_Strict):
             self.metrics.epoch = e
         if self.metrics.epoch not in cps:
             raise ValueError(f"metrics.epoch: {self.metrics.epoch} must be one of the checkpoints {cps}")
-        for axis in (self.axes.temperature, self.axes.load):
-            if axis.param == "width" and "width" not in nets.knobs(self.model.family):
-                raise ValueError(f"axes: model family {self.model.family!r} has no width knob")
+        if self.phase == "grid" and self.axes is None:
+            hint = "; this spec has a sampling block: build it with --phase random" if self.sampling else ""
+            raise ValueError(f"axes: required for --phase grid{hint}")
+        if self.phase == "random" and self.sampling is None:
+            raise ValueError("sampling: required for --phase random (points, seed, and a range or values "
+                             "for temperature and load)")
+        section = "axes" if self.phase == "grid" else "sampling"
+        t_param, l_param = self.plane_params()
+        sampled = set(self.architectures.space) if self.architectures else set()
+        for param in (t_param, l_param):
+            if param == "width" and "width" not in nets.knobs(self.model.family):
+                raise ValueError(f"{section}: model family {self.model.family!r} has no width knob")
+            if param in sampled:
+                raise ValueError(f"architectures.space.{param}: {param} is an axis of the plane ({section}); "
+                                 "sample it in one place only")
         task_axes = tasks.axis_params(self.task)
-        if self.axes.load.param not in LOAD_PARAMS and self.axes.load.param not in task_axes:
+        if l_param not in LOAD_PARAMS and l_param not in task_axes:
             extra = f", or an argument of task {self.task!r}: {', '.join(task_axes)}" if task_axes else ""
-            raise ValueError(f"axes.load.param {self.axes.load.param!r} is not valid; expected one of "
+            raise ValueError(f"{section}.load.param {l_param!r} is not valid; expected one of "
                              f"{', '.join(LOAD_PARAMS)}{extra}")
         valid_args = tasks.arg_defaults(self.task)
         if not self.task.startswith(tasks.HF_PREFIX):
@@ -222,10 +353,20 @@ class ZooSpec(_Strict):
             if unknown:
                 raise ValueError(f"task_args: unknown {unknown} for task {self.task!r}; "
                                  f"valid: {', '.join(valid_args) or 'none'}")
+        if self.architectures is not None:
+            self._check_space()
         return self
 
     # ---- the plane -------------------------------------------------------------------------
+    def plane_params(self) -> tuple[str, str]:
+        """(temperature param, load param) of the plane this spec's phase draws from."""
+        src = self.axes if self.phase == "grid" else self.sampling
+        return src.temperature.param, src.load.param
+
     def cells(self) -> list["Cell"]:
+        """The plane's cells (grid) or sampled points (random), in plan order."""
+        if self.phase == "random":
+            return self._points()
         t, l = self.axes.temperature, self.axes.load
         return [
             Cell(ti, li, t.param, tv, l.param, lv)
@@ -233,13 +374,60 @@ class ZooSpec(_Strict):
             for li, lv in enumerate(l.values)
         ]
 
-    def members(self) -> list["Member"]:
-        """`--phase grid`: every cell x every seed, in plan order (cell-major, then seed)."""
-        return [self.member(c, s) for c in self.cells() for s in self.seeds]
+    def _points(self) -> list["Cell"]:
+        sp = self.sampling
+        seen, out = set(), []
+        for k, (ut, ul) in enumerate(sp.unit_points()):
+            tv, lv = _axis_value(sp.temperature, float(ut)), _axis_value(sp.load, float(ul))
+            if (tv, lv) in seen:
+                continue  # rounded onto an earlier point: the same models
+            seen.add((tv, lv))
+            out.append(Cell(k, 0, sp.temperature.param, tv, sp.load.param, lv, point=k))
+        return out
 
-    def member(self, cell: "Cell", seed: int) -> "Member":
+    # ---- architectures ---------------------------------------------------------------------
+    def base_arch(self) -> dict:
+        return {"family": self.model.family, **nets.recorded_knobs(self.model.family, self.model.knobs)}
+
+    def archs(self) -> list[dict]:
+        """The zoo's architectures before the plane's width (if width is an axis) is applied:
+        one (the model block) or the `architectures` sample."""
+        if self.architectures is None:
+            return [self.base_arch()]
+        return _sample_archs(self.task, json.dumps(self.task_args, sort_keys=True),
+                             json.dumps(self.base_arch(), sort_keys=True), self.architectures.model_dump_json())
+
+    def _check_space(self) -> None:
+        family, space = self.model.family, self.architectures.space
+        valid = nets.knobs(family)
+        unknown = sorted(set(space) - set(valid))
+        if unknown:
+            raise ValueError(f"architectures.space: model family {family!r} has no knob(s) {unknown}; "
+                             f"valid: {', '.join(sorted(valid))}")
+        task = tasks.load(self.task, self.task_args)
+        base = {k: v for k, v in self.base_arch().items() if k != "family"}
+        for knob, choices in space.items():
+            for i, c in enumerate(choices):
+                try:
+                    nets.build(family, task, **{**base, knob: c})
+                except (ValueError, TypeError, ZooError) as err:
+                    raise ValueError(f"architectures.space.{knob}[{i}]: {err}") from None
+        n = len(self.archs())
+        if self.architectures.count > n:
+            raise ValueError(f"architectures.count: {self.architectures.count} is more than the "
+                             f"{n} distinct architectures of the space")
+
+    # ---- members ---------------------------------------------------------------------------
+    def members(self) -> list["Member"]:
+        """Every cell (or point) x every architecture x every seed, in plan order (cell-major,
+        then architecture, then seed)."""
+        archs = self.archs()
         train = self.training.model_dump(mode="json")
-        arch = {"family": self.model.family, **nets.knobs(self.model.family), **self.model.knobs}
+        return [self.member(c, s, a, train) for c in self.cells() for a in archs for s in self.seeds]
+
+    def member(self, cell: "Cell", seed: int, arch: dict | None = None, training: dict | None = None) -> "Member":
+        train = dict(training or self.training.model_dump(mode="json"))
+        arch = dict(arch or self.archs()[0])
         task_args = dict(self.task_args)
         for param, value in ((cell.temperature_param, cell.temperature), (cell.load_param, cell.load)):
             if param == "width":
@@ -253,16 +441,33 @@ class ZooSpec(_Strict):
             "arch": arch, "init": self.model.init, "training": train, "seed": seed,
         }
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-        return Member(model_id=digest, cell=cell, seed=seed, arch=arch, training=train, task_args=task_args)
+        aid = arch_id(arch)
+        group = f"{cell.id}-{aid}" if self.architectures else cell.id
+        return Member(model_id=digest, cell=cell, seed=seed, arch=arch, training=train, task_args=task_args,
+                      arch_id=aid, group=group)
+
+    def groups(self) -> dict[str, list["Member"]]:
+        """The members by metrics group (a cell; with sampled architectures a (cell, architecture)
+        pair): the seeds whose landscape metrics and phase are computed together. Plan order."""
+        out: dict[str, list[Member]] = {}
+        for m in self.members():
+            out.setdefault(m.group, []).append(m)
+        return out
 
     def training_json(self) -> dict:
         """The part of the spec that determines the trained models (not metrics, not prose, not
-        the device placement)."""
+        the device placement). Sections a spec does not use are left out, so adding a kind of
+        plane did not change the digest of the specs that existed before it."""
         d = self.to_json()
         for k in ("metrics", "description"):
             d.pop(k, None)
         for k in ("device", "gpus_per_worker"):
             d["compute"].pop(k, None)
+        for k in ("axes", "sampling", "architectures"):
+            if d.get(k) is None:
+                d.pop(k, None)
+        if d.get("phase") == "grid":
+            d.pop("phase")
         return d
 
     def to_json(self) -> dict:
@@ -271,18 +476,65 @@ class ZooSpec(_Strict):
         return d
 
 
+def arch_id(arch: dict) -> str:
+    """A short stable id of an architecture (family + knobs): 8 hex digits of its JSON's sha256."""
+    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def members_by_id(spec_json: dict) -> dict[str, "Member"]:
+    """model_id -> Member of a spec given as JSON (what a Ray task receives). Cached per process:
+    a worker trains many bundles of one zoo and should not rebuild 10,000 members for each."""
+    return _members_by_id(json.dumps(spec_json, sort_keys=True))
+
+
+@lru_cache(maxsize=8)
+def _members_by_id(spec_json: str) -> dict[str, "Member"]:
+    data = json.loads(spec_json)
+    spec = parse_spec(data, f"spec of zoo {data.get('name')}")
+    return {m.model_id: m for m in spec.members()}
+
+
+@lru_cache(maxsize=64)
+def _sample_archs(task: str, task_args: str, base: str, space_json: str) -> list[dict]:
+    """`count` distinct architectures of an ArchSpace (see its docstring), first drawn first."""
+    space = ArchSpace.model_validate_json(space_json)
+    base_arch = json.loads(base)
+    family = base_arch["family"]
+    t = tasks.load(task, json.loads(task_args))
+    knobs = sorted(space.space)
+    combos = list(itertools.product(*(space.space[k] for k in knobs)))
+    order = np.random.default_rng(space.seed).permutation(len(combos))
+    seen, out = set(), []
+    for i in order:
+        arch = {**base_arch, **dict(zip(knobs, combos[i]))}
+        kw = {k: v for k, v in arch.items() if k != "family"}
+        net = nets.build(family, t, **kw)
+        shape = repr(net)  # the module tree: equal for choices that build the same net
+        if shape in seen:
+            continue
+        seen.add(shape)
+        out.append({"family": family, **nets.recorded_knobs(family, kw)})
+        if len(out) == space.count:
+            break
+    return out
+
+
 @dataclass(frozen=True)
 class Cell:
+    """A cell of the grid (`T<ti>L<li>`) or a sampled point of the plane (`P<k>`, its index in the
+    sampling sequence, which stays the same when the sequence grows)."""
+
     ti: int
     li: int
     temperature_param: str
     temperature: float
     load_param: str
     load: float
+    point: int | None = None
 
     @property
     def id(self) -> str:
-        return f"T{self.ti}L{self.li}"
+        return f"T{self.ti}L{self.li}" if self.point is None else f"P{self.point:05d}"
 
 
 @dataclass(frozen=True)
@@ -295,6 +547,8 @@ class Member:
     arch: dict  # family + knobs, enough to rebuild the net
     training: dict  # Training fields with the cell's axis values applied
     task_args: dict  # the zoo's task_args with the cell's task-argument axis value applied
+    arch_id: str = ""  # spec.arch_id(arch)
+    group: str = ""  # the metrics group: the cell id, suffixed by -<arch_id> when architectures are sampled
 
 
 @dataclass(frozen=True)
@@ -311,7 +565,8 @@ def _valid_fields(loc: tuple) -> list[str]:
     for part in loc[:-1]:
         field = cls.model_fields.get(part) if isinstance(part, str) else None
         ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        ann = next((a for a in (ann, *get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if ann is None:  # not a section (an optional section counts as one)
             return []
         cls = ann
     return list(cls.model_fields)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,11 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "task_args": (pa.string(), "JSON of the task's arguments, with the cell's value when the load axis is one (convection's beta)"),
     "family": (pa.string(), "model family (mlp, cnn, resnet, vit, gpt, pinn)"),
     "arch": (pa.string(), "JSON of the family and its knobs: enough to rebuild the net"),
+    "arch_id": (pa.string(), "8 hex digits of the sha256 of `arch`: select one architecture's rows by it"),
     "init": (pa.string(), "initialization scheme of epoch 0"),
-    "cell": (pa.string(), "cell id `T<i>L<j>`: index i on the temperature axis, j on the load axis"),
+    "cell": (pa.string(), "cell id: `T<i>L<j>` on a grid (index i on the temperature axis, j on the load axis), "
+                          "`P<k>` for the k-th sampled point (--phase random); with sampled architectures "
+                          "suffixed by `-<arch_id>`, the group whose seeds get landscape metrics together"),
     "temperature_param": (pa.string(), "hyperparameter on the temperature axis (batch_size or lr)"),
     "temperature": (pa.float64(), "its value for this model"),
     "load_param": (pa.string(), "hyperparameter on the load axis (width, data_fraction, label_noise, or a task argument such as beta)"),
@@ -95,7 +99,8 @@ COLUMNS.update({k: (t, d + " [cell metric]") for k, (t, d) in CELL_METRICS.items
 # the per-cell table: data/<zoo>/cells-<ti>-<li>.parquet, one row per cell
 CELL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "zoo": (pa.string(), "zoo name"),
-    "cell": (pa.string(), "cell id `T<i>L<j>`"),
+    "cell": (pa.string(), "cell id `T<i>L<j>` or `P<k>` (a sampled point), with `-<arch_id>` for sampled architectures"),
+    "arch_id": (pa.string(), "architecture of the cell's models (zoo.spec.arch_id)"),
     "temperature_param": (pa.string(), "hyperparameter on the temperature axis"),
     "temperature": (pa.float64(), "its value"),
     "load_param": (pa.string(), "hyperparameter on the load axis"),
@@ -271,8 +276,12 @@ def read_state(root: Path, row: dict) -> dict[str, np.ndarray]:
 
 
 # ---- cells ----------------------------------------------------------------------------------
-def cell_file(root: Path, zoo: str, ti: int, li: int) -> Path:
-    return data_dir(root, zoo) / f"cells-{ti:03d}-{li:03d}.parquet"
+def cell_file(root: Path, zoo: str, cell: str) -> Path:
+    """data/<zoo>/cells-<ti>-<li>.parquet for a grid cell `T<ti>L<li>` (zero-padded so files sort
+    in plane order), cells-<id>.parquet for a sampled point or a (cell, architecture) group."""
+    m = re.fullmatch(r"T(\d+)L(\d+)", cell)
+    stem = f"{int(m[1]):03d}-{int(m[2]):03d}" if m else cell
+    return data_dir(root, zoo) / f"cells-{stem}.parquet"
 
 
 def cell_files(root: Path, zoo: str) -> list[Path]:
@@ -369,7 +378,7 @@ def tracked_files(root: Path) -> list[Path]:
 
 
 def zoo_summary(root: Path, zoo: str) -> dict:
-    t = read_rows(root, zoo).select(["model_id", "cell", "status", "n_params", "epoch"]).to_pydict()
+    t = read_rows(root, zoo).select(["model_id", "cell", "arch_id", "status", "n_params", "epoch"]).to_pydict()
     first = {}
     for mid, st, n in zip(t["model_id"], t["status"], t["n_params"]):
         first.setdefault(mid, (st, n))
@@ -378,6 +387,7 @@ def zoo_summary(root: Path, zoo: str) -> dict:
         "rows": len(t["model_id"]),
         "models": len(first),
         "cells": len(set(t["cell"])),
+        "architectures": len(set(t["arch_id"])),
         "checkpoints": sorted(set(t["epoch"])),
         "diverged": sum(1 for st, _ in first.values() if st == "diverged"),
         "n_params": {"min": min(sizes), "max": max(sizes)},
