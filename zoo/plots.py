@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import NullFormatter
 
 __all__ = [
     "METRICS",
@@ -368,6 +369,13 @@ def _metric_norm(values: np.ndarray, kind: str):
     return Normalize(lo, hi)
 
 
+def _colorbar(cb, style: MetricStyle, norm) -> None:
+    """Label a metric's colorbar with its title and how the colors scale."""
+    note = " (centred at 0)" if style.kind == "diverging" else (" (log color scale)" if isinstance(norm, LogNorm) else "")
+    cb.set_label(style.title + note)
+    cb.outline.set_visible(False)
+
+
 # ---- sampled planes --------------------------------------------------------------------------
 def is_grid(table: Any, zoo: str | None = None) -> bool:
     """True when the table is one row per cell of a full (temperature x load) product: drawn as
@@ -387,9 +395,11 @@ def _scatter_axes(ax, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     x = pd.to_numeric(df["temperature"], errors="coerce").to_numpy(float)
     y = pd.to_numeric(df["load"], errors="coerce").to_numpy(float)
     logs = []
-    for v, setter in ((x, ax.set_xscale), (y, ax.set_yscale)):
+    for v, setter, axis in ((x, ax.set_xscale, ax.xaxis), (y, ax.set_yscale, ax.yaxis)):
         log = bool(np.all(v > 0) and v.max() / v.min() >= 10)
         setter("log" if log else "linear")
+        if log:  # label the decades only: minor labels (2x10^-3, 3x10^-3, ...) run into each other
+            axis.set_minor_formatter(NullFormatter())
         logs.append(log)
     key = pd.Series(list(zip(x, y)))
     rank = key.groupby(key).cumcount().to_numpy()
@@ -411,7 +421,8 @@ def _scatter_axes(ax, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _marker_size(n: int) -> float:
-    return float(np.clip(3000 / max(n, 1), 6, 80))
+    """Dot area (points²): large for a few cells, down to 14 for a thousand."""
+    return float(np.clip(14000 / max(n, 1), 14, 90))
 
 
 def heatmap_scatter(cells: Any, metric: str, zoo: str, path: Path) -> Path:
@@ -427,10 +438,7 @@ def heatmap_scatter(cells: Any, metric: str, zoo: str, path: Path) -> Path:
     ax.scatter(x[~ok], y[~ok], s=size, facecolor=_NAN_COLOR, edgecolor=_HATCH_EDGE, linewidth=0.6, label="n/a")
     norm = _metric_norm(v, style.kind)
     sc = ax.scatter(x[ok], y[ok], s=size, c=v[ok], cmap=colormaps[style.cmap], norm=norm, edgecolor="none")
-    cb = fig.colorbar(sc, ax=ax)
-    note = " (centred at 0)" if style.kind == "diverging" else (" (log color scale)" if isinstance(norm, LogNorm) else "")
-    cb.set_label(style.title + note)
-    cb.outline.set_visible(False)
+    _colorbar(fig.colorbar(sc, ax=ax), style, norm)
     ax.set_title(f"{zoo}: {style.title} ({ok.sum()} of {len(df)} cells)")
     return _save(fig, path)
 
@@ -524,10 +532,7 @@ def heatmap(cells: Any, metric: str, zoo: str, path: Path) -> Path:
                 continue
             ax.text(ix, iy, _format_value(v), ha="center", va="center", fontsize=fs, color=_text_color(cmap(norm(v))), zorder=3)
     cax = ax.inset_axes([1.04, 0.0, 0.045 * 5 / max(nx, 5), 1.0])  # exactly as tall as the plane
-    cb = fig.colorbar(im, cax=cax)
-    note = " (centred at 0)" if style.kind == "diverging" else (" (log color scale)" if isinstance(norm, LogNorm) else "")
-    cb.set_label(style.title + note)
-    cb.outline.set_visible(False)
+    _colorbar(fig.colorbar(im, cax=cax), style, norm)
     ax.set_title(f"{zoo}: {style.title}")
     return _save(fig, path)
 
