@@ -21,6 +21,7 @@ stdout line: JSON.
 
     python bench/build_rate.py --quick      # 4 cells x 16 seeds, 2 epochs, 3 repeats: about a minute
     python bench/build_rate.py              # 25 cells x 16 seeds, 2 epochs, 3 repeats
+    python bench/build_rate.py --spec configs/zoos/mlp_mnist1d_10k.yaml   # 20 of its points x 16 seeds
 """
 from __future__ import annotations
 
@@ -46,11 +47,15 @@ QUICK_CELLS = {"batch_size": [32, 128], "width": [16, 64]}
 WAYS = ("one_per_task", "cell_bundles", "packed")
 
 
-def make_spec(quick: bool, epochs: int) -> dict:
-    data = load_spec(SPEC).to_json()
+def make_spec(quick: bool, epochs: int, path: Path = SPEC, points: int = 20) -> dict:
+    """The benchmark's members: `path`'s plane (the default zoo's grid, or `points` points of a
+    sampled plane) with 16 seeds and `epochs` epochs."""
+    data = load_spec(path).to_json()
     data.update(name="build_rate", seeds=SEEDS, checkpoints=[0, epochs])
     data["training"]["epochs"] = epochs
-    if quick:
+    if data.get("phase") == "random":
+        data["sampling"]["points"] = points
+    elif quick:
         data["axes"]["temperature"]["values"] = QUICK_CELLS["batch_size"]
         data["axes"]["load"]["values"] = QUICK_CELLS["width"]
     data["metrics"].update(enabled=False, epoch=epochs)
@@ -87,13 +92,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="epochs per model (default 2)")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of the three ways (default 3)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="concurrent Ray tasks (default: cores)")
+    ap.add_argument("--spec", type=Path, default=SPEC, help="another zoo's plane, e.g. configs/zoos/mlp_mnist1d_10k.yaml "
+                    "(whose points share populations across the plane); default: the default zoo")
+    ap.add_argument("--points", type=int, default=20, help="points of a sampled plane (--spec with phase: random)")
     args = ap.parse_args()
     epochs, repeats = args.epochs, args.repeats
-    spec_json = make_spec(args.quick, epochs)
+    spec_json = make_spec(args.quick, epochs, args.spec, args.points)
     spec = parse_spec(spec_json)
     n_models = len(spec.members())
     layouts = {w: bundles_for(spec_json, w) for w in WAYS}
-    print(f"{n_models} models ({len(spec.cells())} cells x {len(SEEDS)} seeds), {epochs} epoch(s), {repeats} repeats, "
+    print(f"{args.spec.name}: {n_models} models ({len(spec.cells())} cells x {len(SEEDS)} seeds), {epochs} epoch(s), {repeats} repeats, "
           f"{args.workers} workers, 1 torch thread each; tasks: "
           + ", ".join(f"{w} {len(b)}" for w, b in layouts.items())
           + f"; populations when packed: {len(populations(parse_spec(spec_json)))}", flush=True)
@@ -123,7 +131,7 @@ def main() -> None:
     print(f"packed / one_per_task: {m:.1f}x [{lo:.1f}, {hi:.1f}]; packed / cell_bundles: {median_ci(vs_cell)[0]:.2f}x; "
           f"load average {load:.1f}")
     print(json.dumps({
-        "benchmark": "build_rate", "quick": args.quick, "models": n_models, "epochs": epochs, "repeats": repeats,
+        "benchmark": "build_rate", "spec": str(args.spec), "quick": args.quick, "models": n_models, "epochs": epochs, "repeats": repeats,
         "workers": args.workers, "tasks": {w: len(b) for w, b in layouts.items()},
         "models_per_s": {w: rounded(median_ci(rate[w]), 3) for w in WAYS},
         "speedup_vs_one_per_task": rounded(median_ci(speedup), 3),
