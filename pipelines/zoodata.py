@@ -184,7 +184,10 @@ def _arch_cases(cells: list[ZooCell], notes: list[str]) -> list[ArchCase]:
         temps = sorted({c.temperature for c in zc})
         t_mid = temps[len(temps) // 2]
         widths = sorted({c.arch["width"] for c in zc if "width" in c.arch})
-        by_width = {c.arch.get("width"): c for c in zc if c.temperature == t_mid}
+        by_width: dict = {}
+        for c in zc:  # the first cell (plan order) of each width at the middle temperature
+            if c.temperature == t_mid:
+                by_width.setdefault(c.arch.get("width"), c)
         load_is_width = zc[0].load_param == "width"
         variants: list[tuple[str, dict, ZooCell]] = []
         if len(widths) >= 2:
@@ -201,7 +204,10 @@ def _arch_cases(cells: list[ZooCell], notes: list[str]) -> list[ArchCase]:
             notes.append(f"{zoo}: the architecture has no width knob; no between/wider architectures")
         if "depth" in zc[0].arch:
             ref = by_width.get(widths[len(widths) // 2]) if widths else next(c for c in zc if c.temperature == t_mid)
-            variants.append(("deeper", {**ref.arch, "depth": ref.arch["depth"] + 1}, ref))
+            deepest = max(c.arch["depth"] for c in zc)  # with sampled architectures: a depth no member has
+            if ref.arch["depth"] != deepest:
+                ref = next(c for c in zc if c.temperature == t_mid and c.arch["depth"] == deepest)
+            variants.append(("deeper", {**ref.arch, "depth": deepest + 1}, ref))
         else:
             notes.append(f"{zoo}: the architecture has no depth knob; no deeper architecture")
         for name, arch, ref in variants:

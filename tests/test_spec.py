@@ -45,12 +45,15 @@ def test_default_collection_loads():
     assert default_config_path().resolve() == DEFAULT.resolve()
     col = load_config(default_config_path())
     assert col.name == "phases"
-    assert [z.name for z in col.zoos] == ["mlp_mnist1d"]
-    for spec in col.zoos:
-        t, l = spec.axes.temperature, spec.axes.load
-        assert len(t.values) >= 5 and len(l.values) >= 5 and len(spec.seeds) >= 3
-        assert len(spec.cells()) == len(t.values) * len(l.values)
-        assert len(spec.members()) == len(spec.cells()) * len(spec.seeds)
+    assert [z.name for z in col.zoos] == ["mlp_mnist1d", "deepnets_small"]
+    mlp, deep = col.zoos
+    t, l = mlp.axes.temperature, mlp.axes.load
+    assert len(t.values) >= 5 and len(l.values) >= 5 and len(mlp.seeds) >= 3
+    assert len(mlp.cells()) == len(t.values) * len(l.values)
+    assert len(mlp.members()) == len(mlp.cells()) * len(mlp.seeds)
+    # the small architecture-diverse zoo: more than one depth, and seeds enough for the metrics
+    assert len({a["depth"] for a in deep.archs()}) >= 3 and len(deep.seeds) >= 2
+    assert len(deep.members()) == len(deep.cells()) * len(deep.archs()) * len(deep.seeds)
 
 
 def test_phases_collection_has_every_family():
