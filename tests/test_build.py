@@ -150,6 +150,24 @@ def test_rerun_trains_nothing_and_changes_nothing(built, spec_file):
     assert snapshot(built) == before
 
 
+def test_rows_of_an_older_version_are_rewritten_in_the_current_schema(built, spec_file, tmp_path):
+    """A bundle committed before a column existed (here: without `arch_id`, under another index)
+    is trained again and its file replaced, so the folder ends as a fresh build's."""
+    import shutil
+
+    copy = tmp_path / "older"
+    shutil.copytree(built, copy)
+    victim = sorted((copy / "data/tiny_grid").glob("models-*.parquet"))[0]
+    t = pq.read_table(victim)
+    _, _, bid = victim.stem.split("-", 2)
+    pq.write_table(t.drop_columns(["arch_id"]), victim.with_name(f"models-00099-{bid}.parquet"))
+    victim.unlink()
+    r = zoo_cmd("build", "--config", str(spec_file), "--out", str(copy), "--no-ray")
+    assert r.returncode == 0, r.stderr
+    assert "7 models already built, 1 bundles to train" in " ".join(r.stderr.split())
+    assert snapshot(copy) == snapshot(built)
+
+
 def test_changed_spec_into_same_folder_is_refused(built, tmp_path):
     changed = write_spec(tmp_path / "changed.yaml", {**SPEC, "seeds": [0, 1, 2]})
     before = snapshot(built)

@@ -55,13 +55,14 @@ def test_points_lie_in_the_ranges_and_ids_are_stable(method):
     assert 0.3 * len(cells) <= low <= 0.7 * len(cells)
 
 
-def test_growing_points_keeps_the_earlier_models():
-    small = parse_spec(random_spec(10)).members()
-    large = parse_spec(random_spec(25)).members()
+@pytest.mark.parametrize("method", ["sobol", "uniform"])
+def test_growing_points_keeps_the_earlier_models(method):
+    small = parse_spec(random_spec(10, sampling={"method": method})).members()
+    large = parse_spec(random_spec(25, sampling={"method": method})).members()
     assert [m.model_id for m in small] == [m.model_id for m in large[: len(small)]]
     assert len(large) > len(small)
     # another sampling seed is another plane
-    other = parse_spec(random_spec(10, sampling={"seed": 4})).members()
+    other = parse_spec(random_spec(10, sampling={"seed": 4, "method": method})).members()
     assert {m.model_id for m in other}.isdisjoint({m.model_id for m in small})
 
 

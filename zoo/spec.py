@@ -394,8 +394,9 @@ class ZooSpec(_Strict):
         one (the model block) or the `architectures` sample."""
         if self.architectures is None:
             return [self.base_arch()]
-        return _sample_archs(self.task, json.dumps(self.task_args, sort_keys=True),
-                             json.dumps(self.base_arch(), sort_keys=True), self.architectures.model_dump_json())
+        drawn = _sample_archs(self.task, json.dumps(self.task_args, sort_keys=True),
+                              json.dumps(self.base_arch(), sort_keys=True), self.architectures.model_dump_json())
+        return [dict(a) for a in drawn]  # copies: the drawn list is cached
 
     def _check_space(self) -> None:
         family, space = self.model.family, self.architectures.space

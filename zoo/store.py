@@ -207,10 +207,14 @@ def parquet_name(index: int, bundle_id: str) -> str:
 
 
 def committed_bundles(root: Path, zoo: str) -> set[str]:
+    """Ids of the bundles whose rows are committed in the current schema. A file written by an
+    older version (a column missing, e.g. `arch_id`) does not count: its bundle is trained
+    again, to the same weights, and its file rewritten with every column."""
     d = data_dir(root, zoo)
     if not d.exists():
         return set()
-    return {p.stem.split("-", 2)[2] for p in d.glob("models-*.parquet")}
+    names = schema().names
+    return {p.stem.split("-", 2)[2] for p in d.glob("models-*.parquet") if pq.read_schema(p).names == names}
 
 
 def write_bundle(root: Path, zoo: str, index: int, bundle_id: str, rows: list[dict],
@@ -248,7 +252,11 @@ def write_bundle(root: Path, zoo: str, index: int, bundle_id: str, rows: list[di
         _fsync_replace(tmp, wdir / name)
     for row in rows:
         row["shard"] = f"weights/{zoo}/{names[prefix_shard[row['tensor_prefix']]]}"
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema()), ddir / parquet_name(index, bundle_id))
+    path = ddir / parquet_name(index, bundle_id)
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema()), path)
+    for old in ddir.glob(f"models-*-{bundle_id}.parquet"):  # the same bundle written by an older version
+        if old != path:
+            old.unlink()
 
 
 def model_files(root: Path, zoo: str) -> list[Path]:
