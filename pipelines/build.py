@@ -142,7 +142,7 @@ def build(collection: Collection, out: str | Path, phase: str | None = None, add
                       "Ray start-up included)")
     for spec in collection.zoos:
         manifest["zoos"][spec.name].update(store.zoo_summary(out, spec.name), status="trained",
-                                           bundles=len(plan(spec)))
+                                           bundles=sum(b.zoo == spec.name for b in bundles))
     store.write_manifest(out, manifest)
     names = [s.name for s in collection.zoos if s.metrics.enabled and metrics]
     if names:

@@ -20,9 +20,10 @@ from zoo import store, tasks
 from zoo.spec import parse_spec
 
 
-def packed_spec(**over) -> dict:
-    return random_spec(6, training={"epochs": 2, "batch_size": 64}, checkpoints=[0, 2],
-                       compute={"max_members": 64, "bundle_members": 64}, **over)
+def packed_spec(epochs: int = 2, **over) -> dict:
+    base = {"training": {"epochs": epochs, "batch_size": 64}, "checkpoints": [0, epochs],
+            "compute": {"max_members": 64, "bundle_members": 64}}
+    return random_spec(6, **{**base, **over})
 
 
 def test_a_population_across_points_equals_each_member_trained_alone():
@@ -67,7 +68,8 @@ def test_killed_sampled_packed_build_resumes_to_the_same_bytes(tmp_path):
     several populations; the rerun trains only the rest and ends with the uninterrupted bytes."""
     from tests.test_build import _wait_for, snapshot, zoo_cmd
 
-    spec = packed_spec(compute={"max_members": 8, "bundle_members": 8}, metrics={"enabled": False})
+    # 8 epochs: each bundle trains long enough (about a second) for the kill to land mid-build
+    spec = packed_spec(8, compute={"max_members": 4, "bundle_members": 8}, metrics={"enabled": False})
     spec["sampling"]["points"] = 12
     path = write_spec(tmp_path / "sampled.yaml", spec)
     n_bundles = len(plan(parse_spec(spec)))
