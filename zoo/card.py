@@ -44,14 +44,13 @@ def _fmt_axis(axis: dict) -> str:
     return f"{axis['param']}: {lo:g}–{hi:g}{' (log)' if axis.get('log', True) else ''}"
 
 
-def _fmt_plane(spec: dict) -> tuple[str, str, str]:
-    """(temperature, load, seeds) cells of the zoo table: the grid's axes, or the sampled plane's
-    ranges with the number of points."""
+def _fmt_plane(spec: dict) -> tuple[str, str]:
+    """(temperature, load) cells of the zoo table: the grid's axes, or the sampled plane's ranges
+    with the number of points."""
     if spec.get("phase") == "random":
         sp = spec["sampling"]
-        return (f"{_fmt_axis(sp['temperature'])}; {sp['points']} {sp['method']} points", _fmt_axis(sp["load"]),
-                str(len(spec["seeds"])))
-    return _fmt_axis(spec["axes"]["temperature"]), _fmt_axis(spec["axes"]["load"]), str(len(spec["seeds"]))
+        return f"{_fmt_axis(sp['temperature'])}; {sp['points']} {sp['method']} points", _fmt_axis(sp["load"])
+    return _fmt_axis(spec["axes"]["temperature"]), _fmt_axis(spec["axes"]["load"])
 
 
 def _fmt_phases(phases: dict | None, uncertain: dict | None = None) -> str:
@@ -88,11 +87,11 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
     for name in zoos:
         z = manifest["zoos"][name]
         s = z["spec"]
-        t, l, seeds = _fmt_plane(s)
+        t, l = _fmt_plane(s)
         archs = z.get("architectures", 1)
         sampled = " (sampled)" if s.get("architectures") else ""
         lines.append(
-            f"| {name} | {s['task']} | {s['model']['family']} | {t} | {l} | {seeds} | {archs}{sampled} | {s['training']['epochs']} "
+            f"| {name} | {s['task']} | {s['model']['family']} | {t} | {l} | {len(s['seeds'])} | {archs}{sampled} | {s['training']['epochs']} "
             f"| {z['models']} | {z['rows']} | {z['diverged']} | {z['n_params']['min']:,}–{z['n_params']['max']:,} "
             f"| {_fmt_phases(z.get('phases'), z.get('phases_uncertain'))} |"
         )
@@ -105,7 +104,9 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         "from datasets import load_dataset",
         "import zoo",
         f'ds = load_dataset("{where}", "{first}", split="train").with_format("torch")',
-        'X, acc = ds["weights"][:], ds["test_acc"][:]  # (rows, n_weights) and (rows,) for one architecture',
+        'a = ds[0]["arch_id"]                          # one architecture (rows of one arch_id share a shape)',
+        'one = ds.filter(lambda i: i == a, input_columns="arch_id")',
+        'X, acc = one["weights"][:], one["test_acc"][:]  # (rows, n_weights) and (rows,)',
         "model = zoo.load_model(ds[0])               # the net with those weights, ready to run",
         'zoo.evaluate(model, ds[0])                  # reproduces the row\'s test metrics (its task and task_args)',
         "```",
