@@ -31,7 +31,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     r = _zoo("build", "--dry-run", "--config", str(spec), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"models": 8, "architectures": 2, "populations": 4,
+    # max_members 1: every member is a population of its own (a population is one stacked
+    # training step, split at compute.max_members), and a bundle each
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"models": 8, "architectures": 2, "populations": 8,
                                                                "bundles": 8}
     assert "tiny" in r.stdout and "nothing is trained or written" in r.stdout
     assert not out.exists()
