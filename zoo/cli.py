@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="train the zoos of a spec or collection into a dataset folder")
     b.add_argument("--phase", help="how the plane is sampled, for every zoo: grid = every cell of `axes` x every seed, "
                    "random = the `sampling` block's points x every seed (default: each spec's `phase`, grid unless set)")
-    b.add_argument("--config", help="zoo spec or collection YAML (default: the built-in configs/default.yaml, the MLP zoo; configs/phases.yaml has every family)")
+    b.add_argument("--config", help="zoo spec or collection YAML (default: the built-in configs/default.yaml: the MLP zoo and deepnets_small; configs/phases.yaml has every family)")
     b.add_argument("--out", default=DEFAULT_OUT, help=f"dataset folder (default: {DEFAULT_OUT})")
     b.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
     b.add_argument("--workers", type=int, help="concurrent bundles (default: the number of CPU cores)")

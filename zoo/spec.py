@@ -638,8 +638,9 @@ def load_config(path: str | Path) -> Collection:
 
 
 def default_config_path() -> Path:
-    """The built-in default collection (configs/default.yaml: the MLP zoo of zoo/phases, minutes on
-    a laptop), shipped inside the package; configs/phases.yaml lists every family."""
+    """The built-in default collection (configs/default.yaml: the MLP zoo of zoo/phases and the
+    small sampled-architecture zoo, minutes on a laptop), shipped inside the package;
+    configs/phases.yaml lists every family."""
     source = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
     if source.exists():  # a source checkout or an editable install
         return source
