@@ -19,9 +19,14 @@ def make_population(spec: ZooSpec, members: list[Member], dtype: torch.dtype = t
     and label noise."""
     first = members[0]
     task = tasks.load(spec.task, first.task_args)
-    configs = [MemberConfig(m.model_id, m.seed, m.training["lr"], m.training["weight_decay"], m.training["label_noise"])
-               for m in members]
-    return Population(task, first.arch, spec.model.init, first.training, configs, dtype=dtype, device=device)
+    return Population(task, first.arch, spec.model.init, first.training, member_configs(members),
+                      dtype=dtype, device=device)
+
+
+def member_configs(members: list[Member]) -> list[MemberConfig]:
+    """What the trainer needs per member: its id, seed, lr, weight decay and label noise."""
+    return [MemberConfig(m.model_id, m.seed, m.training["lr"], m.training["weight_decay"], m.training["label_noise"])
+            for m in members]
 
 
 def train_bundle(spec_json: dict, populations: list[list[str]], bundle_id: str) -> dict:

@@ -7,12 +7,13 @@ import time
 import numpy as np
 import torch
 
+from pipelines.bundle import member_configs
 from zoo import tasks
 from zoo.landscape.cka import pairwise_cka, penultimate_and_logits
 from zoo.landscape.connectivity import connectivity, pairs
 from zoo.landscape.hessian import hessian_metrics
 from zoo.spec import members_by_id, parse_spec
-from zoo.train import MemberConfig, Population, derived_seed
+from zoo.train import Population, derived_seed
 
 NAN = float("nan")
 
@@ -48,9 +49,7 @@ def cell_metrics(spec_json: dict, cell_id: str, member_ids: list[str], states: l
     members = [by_id[i] for i in member_ids]
     first = members[0]
     task = tasks.load(spec.task, first.task_args)
-    configs = [MemberConfig(m.model_id, m.seed, m.training["lr"], m.training["weight_decay"],
-                            m.training["label_noise"]) for m in members]
-    pop = Population.from_states(task, first.arch, first.training, configs, states)
+    pop = Population.from_states(task, first.arch, first.training, member_configs(members), states)
     x, y = pop.x, pop.y[0]  # the cell's training subset and its (possibly noisy) labels, shared by seeds
 
     # Hessian of the training loss on fixed batches, every member at once

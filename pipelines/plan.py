@@ -101,7 +101,7 @@ def plan_summary(spec: ZooSpec) -> dict:
         "zoo": spec.name,
         "models": len(members),
         "architectures": len(archs),
-        "populations": len(populations(spec)),
+        "populations": sum(len(b.populations) for b in bundles),
         "bundles": len(bundles),
         "rows": len(members) * n_ckpt,
         "n_params": {"min": min(per_model), "max": max(per_model)},
