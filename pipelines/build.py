@@ -113,8 +113,11 @@ def build(collection: Collection, out: str | Path, phase: str | None = None, add
     specs = {s.name: s for s in collection.zoos}
     spec_json = {s.name: s.to_json() for s in collection.zoos}
     bundles = [b for s in collection.zoos for b in plan(s)]
-    done = {s.name: store.committed_bundles(out, s.name) for s in collection.zoos}
+    done = {s.name: store.committed_bundles(out, s.name, s.phase) for s in collection.zoos}
     pending = [b for b in bundles if b.bundle_id not in done[b.zoo]]
+    pbt_zoos = [s for s in collection.zoos if s.phase == "pbt"]
+    if pbt_zoos and not use_ray:
+        raise ZooError(f"--no-ray: zoo {pbt_zoos[0].name} is a PBT zoo (--phase pbt), which trains on Ray Tune")
     total = sum(len(b.members) for b in bundles)
     finished = total - sum(len(b.members) for b in pending)
     console = Console(stderr=True) if progress else None
@@ -132,11 +135,15 @@ def build(collection: Collection, out: str | Path, phase: str | None = None, add
     jobs = [Job(f"{b.zoo} bundle {b.index} ({len(b.members)} models)",
                 (spec_json[b.zoo], b.member_ids(), b.bundle_id), len(b.members), commit(b),
                 num_gpus=gpu_share(specs[b.zoo].compute))
-            for b in pending]
+            for b in pending if specs[b.zoo].phase != "pbt"]
     t0 = time.perf_counter()
     run_jobs(train_bundle, jobs, address=address, workers=workers, use_ray=use_ray,
              reporter=Reporter(console, "training", "models", finished, total))
-    if console and jobs:
+    for spec in pbt_zoos:
+        from pipelines import pbt
+
+        pbt.train(spec, out, workers=workers, address=address, console=console)
+    if console and pending:
         took = time.perf_counter() - t0
         console.print(f"trained {total - finished} models in {took:.1f}s ({(total - finished) / took:.2f} models/s, "
                       "Ray start-up included)")

@@ -77,9 +77,8 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
     at = rows[rows["epoch"] == spec.metrics.epoch]
     spec_json = spec.to_json()
     jobs = []
-    groups = spec.groups()
-    for group, members in groups.items():
-        cell = members[0].cell
+    groups = _groups(spec, at)
+    for group, (cell, arch_id) in groups.items():
         path = store.cell_file(out, spec.name, group)
         if path.exists():
             continue
@@ -90,7 +89,7 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
         measured = ok.head(spec.metrics.seeds) if spec.metrics.seeds else ok  # the lowest seeds (sorted above)
         ids = measured["model_id"].tolist()
         summary = {
-            "zoo": spec.name, "cell": group, "arch_id": members[0].arch_id, "temperature_param": cell.temperature_param,
+            "zoo": spec.name, "cell": group, "arch_id": arch_id, "temperature_param": cell.temperature_param,
             "temperature": float(cell.temperature), "load_param": cell.load_param, "load": float(cell.load),
             "metrics_epoch": spec.metrics.epoch, "n_models": len(ok), "n_diverged": int(len(sel) - len(ok)),
             "train_loss": finite_mean(ok["train_loss"]), "train_error": _train_error(ok),
@@ -108,6 +107,16 @@ def _plan(out: Path, spec: ZooSpec) -> tuple[list[Job], int]:
 
         jobs.append(Job(f"{spec.name} cell {group} ({len(ids)} models)", (), 1, commit, load=load))
     return jobs, len(groups)
+
+
+def _groups(spec: ZooSpec, at) -> dict:
+    """group -> (its Cell, arch_id), in plan order. A grid or sampled plane: the spec's groups. A
+    PBT zoo: the grid cells its members ended nearest to (the rows' `cell` at the metrics epoch);
+    a cell no member reached has no metrics."""
+    if spec.phase != "pbt":
+        return {g: (ms[0].cell, ms[0].arch_id) for g, ms in spec.groups().items()}
+    reached = dict(zip(at["cell"], at["arch_id"]))
+    return {c.id: (c, reached[c.id]) for c in spec.cells() if c.id in reached}
 
 
 def _train_error(ok) -> float:

@@ -62,7 +62,12 @@ def populations(spec: ZooSpec) -> list[tuple[Member, ...]]:
 def plan(spec: ZooSpec) -> list[Bundle]:
     """Populations packed into bundles: consecutive populations smaller than
     compute.bundle_members share a bundle while its total stays within it (None: one population
-    per bundle). Depends on the spec alone, so a resumed build plans the same bundles."""
+    per bundle). Depends on the spec alone, so a resumed build plans the same bundles.
+    A PBT zoo: one bundle per experiment (pipelines.pbt), each member its own population (trial)."""
+    if spec.phase == "pbt":
+        n = spec.pbt.population
+        members = spec.members()
+        return [_bundle(spec, k, [(m,) for m in members[i : i + n]]) for k, i in enumerate(range(0, len(members), n))]
     target = spec.compute.bundle_members
     packs: list[list[tuple[Member, ...]]] = []
     for pop in populations(spec):
@@ -71,12 +76,12 @@ def plan(spec: ZooSpec) -> list[Bundle]:
             last.append(pop)
         else:
             packs.append([pop])
-    bundles = []
-    for pops in packs:
-        ids = sorted(m.model_id for pop in pops for m in pop)
-        bid = hashlib.sha256(",".join(ids).encode()).hexdigest()[:12]
-        bundles.append(Bundle(spec.name, len(bundles), bid, tuple(pops)))
-    return bundles
+    return [_bundle(spec, i, pops) for i, pops in enumerate(packs)]
+
+
+def _bundle(spec: ZooSpec, index: int, pops: list[tuple[Member, ...]]) -> Bundle:
+    ids = sorted(m.model_id for pop in pops for m in pop)
+    return Bundle(spec.name, index, hashlib.sha256(",".join(ids).encode()).hexdigest()[:12], tuple(pops))
 
 
 def plan_summary(spec: ZooSpec) -> dict:

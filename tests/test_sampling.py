@@ -93,7 +93,9 @@ def test_phase_flag_sets_every_zoo_and_says_what_is_missing():
     col = Collection("c", [grid])
     with pytest.raises(ZooError, match=r"zoo g: sampling: required for --phase random"):
         set_phase(col, "random")
-    with pytest.raises(ZooError, match=r"--phase 'pbt' is not valid; valid: grid, random"):
+    with pytest.raises(ZooError, match=r"--phase 'annealing' is not valid; valid: grid, random, pbt"):
+        set_phase(col, "annealing")
+    with pytest.raises(ZooError, match=r"zoo g: pbt: required for --phase pbt"):
         set_phase(col, "pbt")
     with pytest.raises(ZooError, match=r"axes: required for --phase grid; this spec has a sampling block"):
         set_phase(Collection("c", [sampled]), "grid")

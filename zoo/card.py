@@ -9,7 +9,6 @@ from zoo import store
 
 
 def _yaml_header(manifest: dict) -> dict:
-    feats = store.features()._to_yaml_list()
     cell_feats = store.cell_features()._to_yaml_list()
     configs, infos = [], []
     for name, z in sorted(manifest["zoos"].items()):
@@ -19,7 +18,7 @@ def _yaml_header(manifest: dict) -> dict:
         if not configs:
             cfg["default"] = True
         configs.append(cfg)
-        infos.append({"config_name": name, "features": feats})
+        infos.append({"config_name": name, "features": store.features(z.get("spec", {}).get("phase", "grid"))._to_yaml_list()})
         if "phases" in z:  # the metrics stage ran: the per-cell table is its own config
             configs.append({"config_name": f"{name}_cells",
                             "data_files": [{"split": "train", "path": f"data/{name}/cells-*.parquet"}]})
@@ -143,6 +142,10 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
     ]
     for col, (typ, desc) in store.COLUMNS.items():
         lines.append(f"| `{col}` | {typ} | {desc} |")
+    if any(z.get("spec", {}).get("phase") == "pbt" for z in manifest.get("zoos", {}).values()):
+        lines += ["", "Columns of the PBT zoos (`--phase pbt`) besides these:", "", "| column | type | description |",
+                  "|---|---|---|"]
+        lines += [f"| `{col}` | {typ} | {desc} |" for col, (typ, desc) in store.PBT_COLUMNS.items()]
     lines += ["", "Columns of the `<zoo>_cells` configs:", "", "| column | type | description |", "|---|---|---|"]
     for col, (typ, desc) in store.CELL_COLUMNS.items():
         lines.append(f"| `{col}` | {typ} | {desc} |")

@@ -1,4 +1,4 @@
-"""`zoo build | metrics | plot | push | info | verify`: the command line of the dataset builder.
+"""`zoo build | metrics | plot | push | info | verify | replay`: the command line of the dataset builder.
 
 User mistakes print one line `zoo: error: ...` and exit with code 2; `verify` exits 1 when the
 folder does not match its manifest.
@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="train the zoos of a spec or collection into a dataset folder")
     b.add_argument("--phase", help="how the plane is sampled, for every zoo: grid = every cell of `axes` x every seed, "
-                   "random = the `sampling` block's points x every seed (default: each spec's `phase`, grid unless set)")
+                   "random = the `sampling` block's points x every seed, pbt = population-based training on Ray Tune "
+                   "(the `pbt` block) (default: each spec's `phase`, grid unless set)")
     b.add_argument("--config", help="zoo spec or collection YAML (default: the built-in configs/default.yaml: the MLP zoo and deepnets_small; configs/phases.yaml has every family)")
     b.add_argument("--out", default=DEFAULT_OUT, help=f"dataset folder (default: {DEFAULT_OUT})")
     b.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
@@ -51,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--revision", help="branch to push to (default: main)")
     i = sub.add_parser("info", help="table of the zoos in a dataset folder")
     i.add_argument("dir")
+    r = sub.add_parser("replay", help="retrain a PBT row from its recorded schedule and lineage, without Tune, and "
+                       "compare with its stored weights (exit 1 if they differ)")
+    r.add_argument("row", help="<model_id>/<epoch> (a row's tensor_prefix), or <model_id> for its last checkpoint")
+    r.add_argument("--dir", default=DEFAULT_OUT, help=f"dataset folder (default: {DEFAULT_OUT})")
+    r.add_argument("--save", help="also write the replayed weights to this .safetensors file")
     v = sub.add_parser("verify", help="check sha256 and row counts against manifest.json (exit 1 on mismatch)")
     v.add_argument("dir")
     return p
@@ -191,11 +197,36 @@ def cmd_verify(a) -> int:
     return 0
 
 
+def cmd_replay(a) -> int:
+    import time
+
+    import torch
+
+    from pipelines import pbt
+    from zoo import store
+
+    spec, row = pbt.find_row(Path(a.dir), a.row)
+    t0 = time.perf_counter()
+    state = pbt.replay(spec, row)
+    stored = store.read_state(Path(a.dir), row)
+    diff = max(float((state[k].double() - torch.from_numpy(stored[k]).double()).abs().max()) for k in stored)
+    same = all(torch.equal(state[k], torch.from_numpy(stored[k])) for k in stored) and set(state) == set(stored)
+    if a.save:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, a.save)
+    segs = len(__import__("json").loads(row["lineage"]))
+    print(f"replayed {row['model_id']}/{row['epoch']} of zoo {spec.name} ({row['epoch']} epochs, {segs} lineage "
+          f"segment(s)) in {time.perf_counter() - t0:.1f}s: "
+          + ("identical to the stored weights" if same else f"DIFFERS from the stored weights (max |diff| {diff:.3g})"))
+    return 0 if same else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         return {"build": cmd_build, "metrics": cmd_metrics, "plot": cmd_plot, "push": cmd_push, "info": cmd_info,
-                "verify": cmd_verify}[a.cmd](a)
+                "verify": cmd_verify, "replay": cmd_replay}[a.cmd](a)
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
         return e.exit_code

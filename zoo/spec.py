@@ -26,6 +26,7 @@ from zoo import nets, tasks
 from zoo.errors import ZooError
 from zoo.landscape.phases import PhaseThresholds
 from zoo.machine import DEVICES
+from zoo.pbt import PBTSettings, initial_hyperparameters, member_seed, nearest, temperature_coordinate
 
 TEMPERATURE_PARAMS = ("batch_size", "lr")
 LOAD_PARAMS = ("width", "data_fraction", "label_noise")
@@ -268,13 +269,14 @@ class Compute(_Strict):
     gpus_per_worker: float = Field(1.0, gt=0, le=1)
 
 
-PHASES = ("grid", "random")  # how members are drawn from the plane (`zoo build --phase`)
+PHASES = ("grid", "random", "pbt")  # how members are drawn from the plane (`zoo build --phase`)
 
 
 class ZooSpec(_Strict):
     name: str
     description: str = ""
-    # grid: every cell of `axes` x every seed; random: the `sampling` points x every seed.
+    # grid: every cell of `axes` x every seed; random: the `sampling` points x every seed; pbt:
+    # population-based training on the plane of `axes` (the `pbt` block; zoo.pbt, pipelines.pbt).
     # `zoo build --phase` sets it for every zoo of a collection.
     phase: Literal[PHASES] = "grid"  # type: ignore[valid-type]
     task: str
@@ -284,6 +286,7 @@ class ZooSpec(_Strict):
     axes: Axes | None = None
     sampling: Sampling | None = None
     architectures: ArchSpace | None = None
+    pbt: PBTSettings | None = None
     seeds: list[int] = Field(min_length=1)
     checkpoints: list[int] = Field(min_length=1)
     metrics: Metrics = Field(default_factory=Metrics)
@@ -333,7 +336,9 @@ class ZooSpec(_Strict):
         if self.phase == "random" and self.sampling is None:
             raise ValueError("sampling: required for --phase random (points, seed, and a range or values "
                              "for temperature and load)")
-        section = "axes" if self.phase == "grid" else "sampling"
+        if self.phase == "pbt":
+            self._check_pbt()
+        section = "sampling" if self.phase == "random" else "axes"
         t_param, l_param = self.plane_params()
         sampled = set(self.architectures.space) if self.architectures else set()
         for param in (t_param, l_param):
@@ -357,10 +362,34 @@ class ZooSpec(_Strict):
             self._check_space()
         return self
 
+    def _check_pbt(self) -> None:
+        if self.pbt is None:
+            raise ValueError("pbt: required for --phase pbt (population, perturbation_interval, mutations)")
+        if self.axes is None:
+            raise ValueError("axes: required for --phase pbt (the plane the members are placed on; one PBT "
+                             "experiment per load value)")
+        if self.architectures is not None:
+            raise ValueError("architectures: not supported with --phase pbt (exploit copies weights between "
+                             "members, so an experiment has one architecture)")
+        if self.training.schedule != "constant":
+            raise ValueError(f"training.schedule: PBT discovers the schedule; use constant "
+                             f"(got {self.training.schedule!r})")
+        p, e = self.pbt, self.training.epochs
+        if p.perturbation_interval >= e:
+            raise ValueError(f"pbt.perturbation_interval: {p.perturbation_interval} epochs leaves no perturbation "
+                             f"within training.epochs={e}")
+        load = self.axes.load.param
+        if load in p.mutations:
+            raise ValueError(f"pbt.mutations.{load}: {load} is the load axis, fixed per experiment; "
+                             f"mutate one of {', '.join(k for k in ('lr', 'weight_decay', 'momentum', 'batch_size') if k != load)}")
+        if "momentum" in p.mutations and self.training.optimizer != "sgd":
+            raise ValueError(f"pbt.mutations.momentum: momentum is an SGD setting (training.optimizer is "
+                             f"{self.training.optimizer!r})")
+
     # ---- the plane -------------------------------------------------------------------------
     def plane_params(self) -> tuple[str, str]:
         """(temperature param, load param) of the plane this spec's phase draws from."""
-        src = self.axes if self.phase == "grid" else self.sampling
+        src = self.sampling if self.phase == "random" else self.axes
         return src.temperature.param, src.load.param
 
     def cells(self) -> list["Cell"]:
@@ -422,15 +451,41 @@ class ZooSpec(_Strict):
     def members(self) -> list["Member"]:
         """Every cell (or point) x every architecture x every seed, in plan order (cell-major,
         then architecture, then seed)."""
+        if self.phase == "pbt":
+            return self._pbt_members()
         archs = self.archs()
         train = self.training.model_dump(mode="json")
         return [self.member(c, s, a, train) for c in self.cells() for a in archs for s in self.seeds]
 
-    def member(self, cell: "Cell", seed: int, arch: dict | None = None, training: dict | None = None) -> "Member":
+    def _pbt_members(self) -> list["Member"]:
+        """Seed-major, then load value, then member: the `population` members of each PBT
+        experiment with their first hyperparameters (placed in the grid cell nearest to them;
+        pipelines.pbt records where each one ends) and a `holdout` of the training split for
+        the ranking metric."""
+        base = self.training.model_dump(mode="json")
+        t_axis, loads = self.axes.temperature, self.axes.load.values
+        cells = self.cells()
+        out = []
+        for s in self.seeds:
+            for li in range(len(loads)):
+                for k in range(self.pbt.population):
+                    hp = initial_hyperparameters(self.pbt, base, s, k)
+                    train = {**base, **hp, "holdout": self.pbt.validation_fraction}
+                    tv = temperature_coordinate(t_axis.param, hp, base, base["optimizer"])
+                    cell = cells[nearest(t_axis.values, tv) * len(loads) + li]
+                    out.append(self.member(cell, member_seed(s, k), training=train, pbt_member=(s, k)))
+        return out
+
+    def member(self, cell: "Cell", seed: int, arch: dict | None = None, training: dict | None = None,
+               pbt_member: tuple[int, int] | None = None) -> "Member":
+        """The member of `cell` with `seed`. `pbt_member` (experiment seed, index): a PBT member,
+        whose training values are its own (only the load axis is applied: the architecture)."""
         train = dict(training or self.training.model_dump(mode="json"))
         arch = dict(arch or self.archs()[0])
         task_args = dict(self.task_args)
         for param, value in ((cell.temperature_param, cell.temperature), (cell.load_param, cell.load)):
+            if pbt_member is not None and param == cell.temperature_param:
+                continue
             if param == "width":
                 arch["width"] = int(value)
             elif param in TEMPERATURE_PARAMS or param in LOAD_PARAMS:
@@ -441,6 +496,8 @@ class ZooSpec(_Strict):
             "zoo": self.name, "task": self.task, "task_args": task_args,
             "arch": arch, "init": self.model.init, "training": train, "seed": seed,
         }
+        if pbt_member is not None:
+            payload["pbt"] = {"experiment_seed": pbt_member[0], "member": pbt_member[1]}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         aid = arch_id(arch)
         group = f"{cell.id}-{aid}" if self.architectures else cell.id
@@ -464,7 +521,7 @@ class ZooSpec(_Strict):
             d.pop(k, None)
         for k in ("device", "gpus_per_worker"):
             d["compute"].pop(k, None)
-        for k in ("axes", "sampling", "architectures"):
+        for k in ("axes", "sampling", "architectures", "pbt"):
             if d.get(k) is None:
                 d.pop(k, None)
         if d.get("phase") == "grid":

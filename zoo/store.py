@@ -139,14 +139,37 @@ CELL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
 }
 
 
-def schema() -> pa.Schema:
-    return pa.schema([(name, typ) for name, (typ, _) in COLUMNS.items()])
+# a PBT zoo's rows (`--phase pbt`) have these columns besides the others: the history of the row's
+# weights, which may run through other members' weights (exploit copies them)
+PBT_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "pbt_experiment": (pa.string(), "the PBT experiment (one Tune run: one seed x one load value) the member belongs to"),
+    "parent_id": (pa.string(), "model_id of the member whose weights this one last copied (PBT exploit) before this "
+                               "checkpoint; null if it never copied"),
+    "lineage": (pa.string(), "JSON list of the segments of this checkpoint's weight history, oldest first: "
+                             "{member, seed, from_epoch}; the first is the member that initialized the weights, "
+                             "each next one copied the previous one's weights (and optimizer state) at from_epoch"),
+    **{f"schedule_{k}": (pa.list_(t), f"{k} used in each epoch 1..epoch of this checkpoint's history (PBT's discovered schedule)")
+       for k, t in (("lr", pa.float64()), ("batch_size", pa.int64()), ("momentum", pa.float64()),
+                    ("weight_decay", pa.float64()))},
+    "curve_val_loss": (pa.list_(pa.float64()), "loss on the validation split PBT ranks by (carved from the training "
+                                               "split), after each epoch 0..epoch of the history"),
+    "curve_val_acc": (pa.list_(pa.float64()), "accuracy on that validation split, after each epoch 0..epoch"),
+}
 
 
-def features():
+def columns(phase: str = "grid") -> dict[str, tuple[pa.DataType, str]]:
+    """The row columns of a zoo built with `phase` (a PBT zoo has PBT_COLUMNS too)."""
+    return {**COLUMNS, **PBT_COLUMNS} if phase == "pbt" else COLUMNS
+
+
+def schema(phase: str = "grid") -> pa.Schema:
+    return pa.schema([(name, typ) for name, (typ, _) in columns(phase).items()])
+
+
+def features(phase: str = "grid"):
     import datasets
 
-    return datasets.Features.from_arrow_schema(schema())
+    return datasets.Features.from_arrow_schema(schema(phase))
 
 
 def cell_schema() -> pa.Schema:
@@ -206,19 +229,19 @@ def parquet_name(index: int, bundle_id: str) -> str:
     return f"models-{index:05d}-{bundle_id}.parquet"
 
 
-def committed_bundles(root: Path, zoo: str) -> set[str]:
+def committed_bundles(root: Path, zoo: str, phase: str = "grid") -> set[str]:
     """Ids of the bundles whose rows are committed in the current schema. A file written by an
     older version (a column missing, e.g. `arch_id`) does not count: its bundle is trained
     again, to the same weights, and its file rewritten with every column."""
     d = data_dir(root, zoo)
     if not d.exists():
         return set()
-    names = schema().names
+    names = schema(phase).names
     return {p.stem.split("-", 2)[2] for p in d.glob("models-*.parquet") if pq.read_schema(p).names == names}
 
 
 def write_bundle(root: Path, zoo: str, index: int, bundle_id: str, rows: list[dict],
-                 tensors: list[tuple[str, dict[str, np.ndarray]]], shard_max_mb: float) -> None:
+                 tensors: list[tuple[str, dict[str, np.ndarray]]], shard_max_mb: float, phase: str = "grid") -> None:
     """Commit one bundle: its shards (tensors grouped per checkpoint, never split) then its parquet.
 
     `tensors`: [(prefix "<model_id>/<epoch>/", state_dict), ...] in row order; the shard name of
@@ -253,7 +276,7 @@ def write_bundle(root: Path, zoo: str, index: int, bundle_id: str, rows: list[di
     for row in rows:
         row["shard"] = f"weights/{zoo}/{names[prefix_shard[row['tensor_prefix']]]}"
     path = ddir / parquet_name(index, bundle_id)
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema()), path)
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema(phase)), path)
     for old in ddir.glob(f"models-*-{bundle_id}.parquet"):  # the same bundle written by an older version
         if old != path:
             old.unlink()

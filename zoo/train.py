@@ -64,11 +64,24 @@ def derived_seed(*parts) -> int:
     return int.from_bytes(h[:8], "little") >> 1
 
 
-def train_subset(n_total: int, fraction: float) -> torch.Tensor:
-    """Indices of the training subset for a data fraction: fixed per fraction, shared by all seeds."""
-    n = max(1, round(fraction * n_total))
+def train_subset(n_total: int, fraction: float, holdout: float = 0.0) -> torch.Tensor:
+    """Indices of the training subset for a data fraction: fixed per fraction, shared by all seeds.
+    `holdout` > 0: drawn from the training split minus its validation part (validation_indices)."""
+    pool = torch.arange(n_total)
+    if holdout:
+        keep = torch.ones(n_total, dtype=torch.bool)
+        keep[validation_indices(n_total, holdout)] = False
+        pool = pool[keep]
+    n = max(1, round(fraction * len(pool)))
     g = torch.Generator().manual_seed(derived_seed("subset"))
-    return torch.randperm(n_total, generator=g)[:n].sort().values
+    return pool[torch.randperm(len(pool), generator=g)[:n]].sort().values
+
+
+def validation_indices(n_total: int, holdout: float) -> torch.Tensor:
+    """A fixed fraction `holdout` of the training split, held out for model selection (PBT's
+    ranking metric): the same samples for every seed and member, never the test split."""
+    g = torch.Generator().manual_seed(derived_seed("validation"))
+    return torch.randperm(n_total, generator=g)[: max(1, round(holdout * n_total))].sort().values
 
 
 def noisy_labels(y: torch.Tensor, noise: float, n_classes: int) -> torch.Tensor:
@@ -192,7 +205,7 @@ class Population:
         self._all_alive = True
         self.diverged_epoch: list[int | None] = [None] * M
         # data: one shared subset, per-member (possibly noisy) labels
-        self.subset = train_subset(task.n_train, float(common.get("data_fraction", 1.0)))
+        self.subset = train_subset(task.n_train, float(common.get("data_fraction", 1.0)), float(common.get("holdout", 0.0)))
         self.x = task.x_train[self.subset].to(dev)  # (n, *input_shape)
         y = task.y_train[self.subset]  # (n, ...)
         if any(m.label_noise for m in members) and not (self.objective.label_noise and y.dim() == 1):
@@ -214,6 +227,38 @@ class Population:
                     states: list[dict[str, np.ndarray]], vectorize: str = "auto") -> Population:
         """A population holding given (trained) weights, e.g. zoo checkpoints for the landscape metrics."""
         return cls(task, arch, "kaiming_uniform", common, members, vectorize=vectorize, states=states)
+
+    def set_hyperparameters(self, lr: list[float] | None = None, weight_decay: list[float] | None = None,
+                            momentum: float | None = None, batch_size: int | None = None) -> None:
+        """Change hyperparameters between steps (PBT's explore): per-member lr and weight decay,
+        the shared momentum and batch size. Optimizer state (momentum buffers, Adam moments) is
+        kept, as torch.optim keeps it when a param group's values change."""
+        dev, dt = self.device, self.dtype
+        if lr is not None:
+            self.lr = torch.tensor(lr, dtype=dt, device=dev)
+        if weight_decay is not None:
+            self.wd = torch.tensor(weight_decay, dtype=dt, device=dev)
+            self._any_wd = bool((self.wd != 0).any())
+        if momentum is not None or batch_size is not None:
+            self.common = {**self.common, **({"momentum": momentum} if momentum is not None else {}),
+                           **({"batch_size": int(batch_size)} if batch_size is not None else {})}
+
+    def optimizer_state(self) -> dict[str, torch.Tensor]:
+        """The optimizer's stacked state as flat tensors `<param>/<buf|m|v>` plus `step_count`, on
+        the CPU: with the parameters, what a checkpoint needs for an exact resume."""
+        out = {f"{n}/{k}": v.detach().cpu().clone() for n, st in self._opt_state.items() for k, v in st.items()}
+        out["step_count"] = torch.tensor(self.step_count, dtype=torch.int64)
+        return out
+
+    def load_optimizer_state(self, flat: dict[str, torch.Tensor]) -> None:
+        """Restore what optimizer_state() returned."""
+        self._opt_state = {}
+        for key, v in flat.items():
+            if key == "step_count":
+                self.step_count = int(v)
+                continue
+            name, k = key.rsplit("/", 1)
+            self._opt_state.setdefault(name, {})[k] = torch.as_tensor(v).to(self.dtype).to(self.device).clone()
 
     @property
     def n_steps_per_epoch(self) -> int:
@@ -274,10 +319,17 @@ class Population:
     @torch.no_grad()
     def evaluate_split(self, split: str = "test") -> dict[str, torch.Tensor]:
         """The objective's metrics of every member on one split (train: the members' own labels): name -> (M,)."""
-        M = len(self.members)
-        x, y = (self.x, self.y) if split == "train" else (self.task.x_test, self.task.y_test)
-        if split != "train":
-            y = y.expand(M, *y.shape)
+        if split == "train":
+            return self.evaluate_on(self.x, self.y, per_member=True)
+        return self.evaluate_on(self.task.x_test, self.task.y_test)
+
+    @torch.no_grad()
+    def evaluate_on(self, x: torch.Tensor, y: torch.Tensor, per_member: bool = False) -> dict[str, torch.Tensor]:
+        """The objective's metrics of every member on inputs x (n, ...) with targets y (n, ...)
+        shared by all members, or per_member ones (M, n, ...), in eval mode: name -> (M,)."""
+        x, y = x.to(self.device), y.to(self.device)
+        if not per_member:
+            y = y.expand(len(self.members), *y.shape)
         self.template.eval()
         try:
             return self.objective.evaluate(self._fwd, self.params, self.buffers, x, y)
@@ -300,7 +352,8 @@ class Population:
         net.load_state_dict(self.member_state(i))
         return net
 
-    def _checkpoint(self, i: int) -> dict:
+    def checkpoint(self, i: int) -> dict:
+        """Member i's state (numpy arrays) and its exact single-model metrics (what a row records)."""
         net = self.member_module(i).to(self.device)  # evaluated where the population trains
         tr = evaluate_module(net, self.x, self.y[i], self.objective)
         te = evaluate_module(net, self.task.x_test, self.task.y_test, self.objective)
@@ -363,7 +416,7 @@ class Population:
             for i in range(M):
                 row = {k: float(ev[k][i]) for k in curves}
                 if epoch in checkpoints:
-                    ckpts[i][epoch] = self._checkpoint(i)
+                    ckpts[i][epoch] = self.checkpoint(i)
                     row = ckpts[i][epoch]["metrics"]  # exact single-model values at checkpoints
                 for k in curves:
                     curves[k][i].append(row[k])
