@@ -8,8 +8,8 @@ alone, then the labels are copied onto every model row.
 """
 from __future__ import annotations
 
+import json
 import math
-
 import os
 from pathlib import Path
 
@@ -166,8 +166,30 @@ def draw_figures(out: Path, zoo: str, cells: list[dict], manifest: dict) -> list
     paths = plots.plot_zoo(cells, zoo, fig_dir, margin_bound=bound)
     rows = store.read_rows(out, zoo).to_pandas()
     metric = "test_acc" if rows["test_acc"].notna().any() else "test_rel_l2"  # a PDE zoo has no accuracy
-    curves = plots.learning_curves if plots.is_grid(cells) else plots.learning_curves_by_phase
+    spec = manifest.get("zoos", {}).get(zoo, {}).get("spec", {})
+    pbt = spec.get("phase") == "pbt"
+    # a PBT member's temperature moves with its hyperparameters: its curves are drawn by phase
+    curves = plots.learning_curves if plots.is_grid(cells) and not pbt else plots.learning_curves_by_phase
     paths.append(curves(rows, zoo, fig_dir / f"{zoo}-learning-curves.png", metric=metric))
+    if pbt:
+        from zoo.pbt import temperature_coordinate
+
+        base, t_param = spec["training"], spec["axes"]["temperature"]["param"]
+        coordinate = lambda hp: temperature_coordinate(t_param, hp, base, base["optimizer"])  # noqa: E731
+        paths.append(plots.pbt_schedules(rows, zoo, fig_dir / f"{zoo}-schedules.png", coordinate))
+        for grid_zoo in same_plane_grids(out, zoo, manifest):
+            paths.append(plots.pbt_on_phase_map(store.read_cells(out, grid_zoo).to_pandas(), grid_zoo, rows, zoo,
+                                                fig_dir / f"{zoo}-on-{grid_zoo}-phases.png", margin_bound=bound))
     figs = [f for f in manifest.get("figures", []) if not Path(f).name.startswith(f"{zoo}-")]
     manifest["figures"] = sorted(figs + [str(Path(p).relative_to(out)) for p in paths])
     return paths
+
+
+def same_plane_grids(out: Path, zoo: str, manifest: dict) -> list[str]:
+    """The grid zoos of the dataset with labelled phases on the same plane (task, family, axes)
+    as the PBT zoo `zoo`: what its members are drawn over."""
+    z = manifest["zoos"][zoo]["spec"]
+    key = lambda s: (s.get("task"), s.get("model", {}).get("family"), json.dumps(s.get("axes"), sort_keys=True))
+    return [name for name, other in sorted(manifest.get("zoos", {}).items())
+            if other.get("spec", {}).get("phase", "grid") == "grid" and "phases" in other
+            and key(other["spec"]) == key(z) and store.cell_files(out, name)]

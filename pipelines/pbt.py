@@ -240,6 +240,9 @@ def trial(config: dict, spec_json: dict, root: str, experiment: str) -> None:
         run.train_epoch()
         if run.epoch in spec.checkpoints:
             write_record(rows, *run.record())
+        # results only where PBT may exploit or pause the trial, each with a checkpoint: Tune
+        # pauses a function trial at its last result, which must hold its state (a result without
+        # one, reported between perturbations, would leave a paused trial nothing to resume from)
         if run.epoch % p.perturbation_interval == 0 or run.epoch == epochs:
             with tempfile.TemporaryDirectory() as d:
                 run.save(Path(d))
@@ -325,7 +328,7 @@ class _Progress(tune.Callback):
 
 def run_experiment(spec: ZooSpec, exp: Experiment, out: Path, workers: int, reporter) -> None:
     """Run (or continue, with Tune's restore) one experiment until every trial has finished."""
-    root = state_dir(out, spec.name)
+    root = state_dir(out, spec.name).resolve()  # absolute: Tune's storage is a URI, and trials run in their own folders
     storage = root / "tune"
     path = storage / exp.name
     trainable = tune.with_resources(
@@ -333,7 +336,7 @@ def run_experiment(spec: ZooSpec, exp: Experiment, out: Path, workers: int, repo
         {"cpu": spec.compute.threads_per_worker})
     _REPORTERS[exp.name] = (reporter, {})
     run_config = tune.RunConfig(
-        name=exp.name, storage_path=str(storage.resolve()), stop={"epoch": spec.training.epochs},
+        name=exp.name, storage_path=str(storage), stop={"epoch": spec.training.epochs},
         failure_config=tune.FailureConfig(max_failures=3),  # a trial whose worker died resumes from its checkpoint
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4), verbose=0, callbacks=[_Progress(exp.name)])
     if tune.Tuner.can_restore(str(path)):
@@ -344,8 +347,11 @@ def run_experiment(spec: ZooSpec, exp: Experiment, out: Path, workers: int, repo
         space = {"member_id": tune.grid_search([m.model_id for m in exp.members]),
                  **{k: tune.sample_from(partial(_initial, initial, k)) for k in MUTABLE}}
         tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
-                           tune_config=tune.TuneConfig(scheduler=_scheduler(spec, exp), reuse_actors=True,
-                                                       max_concurrent_trials=workers))
+                           # no max_concurrent_trials: Tune would then create the next trials only as
+                           # earlier ones finish, and PBT would rank a population of `workers`; the
+                           # CPUs Ray was given (`workers`) bound how many trials run at once, the
+                           # others wait paused at the perturbation barrier
+                           tune_config=tune.TuneConfig(scheduler=_scheduler(spec, exp), reuse_actors=True))
     results = tuner.fit()
     failed = [r for r in results if r.error is not None]
     if failed:

@@ -10,6 +10,7 @@ The split is a pure function of the zoo specs, so `hypernet train` and `hypernet
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def load_cells(root: str | Path, zoos: list[str] | None = None) -> list[ZooCell]
         table = table.filter(pc.equal(table["epoch"], final)).select(
             ["model_id", "seed", "status", "shard", "tensor_prefix", "cell"])
         by_id = {r["model_id"]: r for r in table.to_pylist()}
-        for group, members in spec.groups().items():  # a cell, or a (cell, architecture) pair
+        for group, members in _groups(spec, by_id).items():  # a cell, or a (cell, architecture) pair
             rows = [by_id[m.model_id] for m in members if m.model_id in by_id and by_id[m.model_id]["status"] == "ok"]
             first = members[0]
             c = first.cell
@@ -126,6 +127,24 @@ def load_cells(root: str | Path, zoos: list[str] | None = None) -> list[ZooCell]
                 task_args=dict(first.task_args), arch=dict(first.arch), init=spec.model.init,
                 training=dict(first.training), members=members, final_epoch=final, rows=rows,
             ))
+    return out
+
+
+def _groups(spec: ZooSpec, final_rows: dict[str, dict]) -> dict[str, list[Member]]:
+    """The members by metrics group. A PBT zoo's members are grouped by the grid cell they ended
+    nearest to (their rows' `cell`), each group standing for that cell: its members are the
+    cell's own grid members in position (their training = the cell's hyperparameters, what a
+    hypernetwork conditioned on the cell is asked to initialize for), holding the PBT members'
+    model ids so their weights are found."""
+    if spec.phase != "pbt":
+        return spec.groups()
+    out: dict[str, list[Member]] = {}
+    members = spec.members()
+    for c in spec.cells():
+        here = [m for m in members if final_rows.get(m.model_id, {}).get("cell") == c.id]
+        if here:
+            base = spec.member(c, 0)
+            out[c.id] = [dataclasses.replace(base, model_id=m.model_id, seed=m.seed) for m in here]
     return out
 
 

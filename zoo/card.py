@@ -49,7 +49,17 @@ def _fmt_plane(spec: dict) -> tuple[str, str]:
     if spec.get("phase") == "random":
         sp = spec["sampling"]
         return f"{_fmt_axis(sp['temperature'])}; {sp['points']} {sp['method']} points", _fmt_axis(sp["load"])
+    if spec.get("phase") == "pbt":
+        p = spec["pbt"]
+        muts = ", ".join(f"{k} {_fmt_axis({'param': '', **m}).lstrip(': ')}" for k, m in sorted(p["mutations"].items()))
+        return (f"{_fmt_axis(spec['axes']['temperature'])}; PBT ({p.get('scheduler', 'pbt')}): {p['population']} members "
+                f"per load, mutating {muts} every {p['perturbation_interval']} epochs",
+                f"{_fmt_axis(spec['axes']['load'])} (one experiment each)")
     return _fmt_axis(spec["axes"]["temperature"]), _fmt_axis(spec["axes"]["load"])
+
+
+def _fmt_acc(acc: dict | None) -> str:
+    return f"{acc['best']:.3f} / {acc['median']:.3f}" if acc else "–"
 
 
 def _fmt_phases(phases: dict | None, uncertain: dict | None = None) -> str:
@@ -80,8 +90,9 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         "",
         "## Zoos",
         "",
-        "| zoo | task | family | temperature | load | seeds | architectures | epochs | models | rows | diverged | parameters | phases (cells) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| zoo | task | family | temperature | load | seeds | architectures | epochs | models | rows | diverged | parameters "
+        "| final test acc (best / median) | phases (cells) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in zoos:
         z = manifest["zoos"][name]
@@ -92,7 +103,7 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
         lines.append(
             f"| {name} | {s['task']} | {s['model']['family']} | {t} | {l} | {len(s['seeds'])} | {archs}{sampled} | {s['training']['epochs']} "
             f"| {z['models']} | {z['rows']} | {z['diverged']} | {z['n_params']['min']:,}–{z['n_params']['max']:,} "
-            f"| {_fmt_phases(z.get('phases'), z.get('phases_uncertain'))} |"
+            f"| {_fmt_acc(z.get('final_test_acc'))} | {_fmt_phases(z.get('phases'), z.get('phases_uncertain'))} |"
         )
     first = zoos[0] if zoos else "<zoo>"
     lines += [

@@ -71,14 +71,14 @@ class PBTSettings(BaseModel):
     metric: Literal[tuple(METRICS)] = "val_acc"  # type: ignore[valid-type]
     validation_fraction: float = Field(0.2, gt=0, lt=1)  # of the training split, held out for `metric`
 
-    @model_validator(mode="after")
-    def _check(self):
+    def check(self) -> None:
+        """The mutations' cross-field rules (run by ZooSpec, so errors name `pbt.mutations.<name>`)."""
         for name, m in self.mutations.items():
             if name not in MUTABLE:
-                raise ValueError(f"mutations.{name}: not a hyperparameter PBT can mutate; valid: {', '.join(MUTABLE)}")
+                raise ValueError(f"pbt.mutations.{name}: not a hyperparameter PBT can mutate; valid: {', '.join(MUTABLE)}")
             lo, hi = m.bounds()
             vals = m.values if m.values is not None else [lo, hi]
-            where = f"mutations.{name}"
+            where = f"pbt.mutations.{name}"
             if name == "batch_size":
                 if m.values is None:
                     raise ValueError(f"{where}: batch_size takes values: [...] (integers), not a range")
@@ -94,7 +94,6 @@ class PBTSettings(BaseModel):
             if self.scheduler == "pb2" and m.range is None:
                 raise ValueError(f"{where}: PB2 explores continuous ranges only; give range: [low, high] "
                                  "or use scheduler: pbt")
-        return self
 
     @property
     def mode(self) -> str:

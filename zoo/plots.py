@@ -16,12 +16,13 @@ name in its folder and renamed into place, so a reader never sees a half-written
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm, to_rgba
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import NullFormatter
 
@@ -700,4 +702,101 @@ def learning_curves(rows: Any, zoo: str, path: Path, metric: str = "test_acc") -
         fig.legend(handles=[Patch(color=seed_color[s], label=f"seed {s}") for s in seeds], loc="upper center",
                    fontsize=7, frameon=False, ncol=min(len(seeds), 10), bbox_to_anchor=(0.5, 0.955))
     fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(fig, path)
+
+
+# ---- PBT zoos (--phase pbt) ----------------------------------------------------------------------
+_SCHEDULE_TITLES = {"lr": "learning rate", "batch_size": "batch size", "momentum": "momentum",
+                    "weight_decay": "weight decay"}
+
+
+def pbt_schedules(rows: Any, zoo: str, path: Path, coordinate: Callable[[dict], float] | None = None) -> Path:
+    """The schedules PBT discovered: each member's hyperparameters per epoch (its last row's
+    history, which runs through the members it copied), one panel per hyperparameter that
+    changed, one color per load value; copies (exploits) marked with a dot. `coordinate`
+    (hyperparameters -> temperature coordinate, zoo.pbt.temperature_coordinate) adds a panel of
+    where on the plane's temperature axis each epoch's hyperparameters sit."""
+    df = model_rows(rows, zoo, "test_acc")
+    _require(df, ["schedule_lr", "lineage", "load"], "PBT rows")
+    params = [p for p in _SCHEDULE_TITLES
+              if f"schedule_{p}" in df.columns and any(len(set(_as_curve(s))) > 1 for s in df[f"schedule_{p}"])]
+    params = params or ["lr"]
+    tparam = _param_name(df, "temperature_param", "temperature")
+    if coordinate is not None:
+        df = df.copy()
+        df["schedule_temperature"] = [
+            [coordinate({k: row[f"schedule_{k}"][i] for k in _SCHEDULE_TITLES}) for i in range(len(row["schedule_lr"]))]
+            for _, row in df.iterrows()]
+        params.append("temperature")
+    loads = sorted(set(df["load"].astype(float)))
+    palette = colormaps["viridis"]
+    color = {x: palette(i / max(1, len(loads) - 1)) for i, x in enumerate(loads)}
+    lparam = _param_name(df, "load_param", "load")
+    fig = _new_figure((4.2 * len(params) + 1.6, 3.6))
+    axes = fig.subplots(1, len(params), squeeze=False)[0]
+    for ax, p in zip(axes, params):
+        for load, sched, lineage in zip(df["load"].astype(float), df[f"schedule_{p}"], df["lineage"]):
+            y = _as_curve(sched)
+            if not y.size:
+                continue
+            epochs = np.arange(1, y.size + 1)
+            ax.step(epochs, y, where="post", color=color[load], linewidth=1.0, alpha=0.75)
+            copies = [s["from_epoch"] for s in json.loads(lineage)[1:] if 0 < s["from_epoch"] <= y.size]
+            ax.plot(copies, [y[e - 1] for e in copies], "o", color=color[load], markersize=3, alpha=0.9)
+        if p in ("lr", "batch_size", "weight_decay", "temperature") and (_as_curve(df[f"schedule_{p}"].iloc[0]) > 0).all():
+            ax.set_yscale("log", base=2 if "batch_size" in (p, tparam) and p != "lr" else 10)
+        ax.set_xlabel("epoch")
+        ax.set_title(_SCHEDULE_TITLES.get(p) or f"{tparam} at equal noise scale (plane coordinate)", fontsize=10)
+        ax.grid(True, color="#e6e6e6", linewidth=0.6)
+    handles = [Patch(color=color[x], label=f"{lparam}={format_tick(x)}") for x in loads]
+    handles.append(Line2D([], [], marker="o", linestyle="", color="#444444", markersize=4, label="copied weights (exploit)"))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.suptitle(f"{zoo}: schedules discovered by PBT (one line per member)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _index_coordinate(values: list[float], v: np.ndarray) -> np.ndarray:
+    """Fractional tile index of v on an axis of log-spaced tile values (linear in log between
+    tiles, extended beyond the ends), so a point sits where its value lies on the tiles."""
+    lv, x = np.log(np.asarray(values, dtype=float)), np.log(np.asarray(v, dtype=float))
+    if len(lv) == 1:
+        return np.zeros_like(x)
+    idx = np.interp(x, lv, np.arange(len(lv)))
+    lo, hi = x < lv[0], x > lv[-1]
+    idx[lo] = (x[lo] - lv[0]) / (lv[1] - lv[0])
+    idx[hi] = len(lv) - 1 + (x[hi] - lv[-1]) / (lv[-1] - lv[-2])
+    return idx
+
+
+def pbt_on_phase_map(grid_cells: Any, grid_zoo: str, rows: Any, zoo: str, path: Path, margin_bound: float = 1.0) -> Path:
+    """Where the PBT members of `zoo` end up on the phase map of the grid zoo `grid_zoo` (same
+    plane): each member's final hyperparameters at their temperature coordinate (zoo.pbt:
+    the equal-noise-scale value of the axis), a faint line from where it started."""
+    fig = phase_map_figure(grid_cells, grid_zoo, margin_bound)
+    ax = fig.axes[0]
+    grid = phase_grid(_cells_frame(grid_cells, grid_zoo), grid_zoo)
+    df = _select_zoo(_to_frame(rows), zoo, "rows").sort_values("epoch", kind="stable")
+    first = df.drop_duplicates("model_id", keep="first").set_index("model_id")
+    last = df.drop_duplicates("model_id", keep="last").set_index("model_id")
+    first = first.loc[last.index]
+    rng = np.random.default_rng(0)
+    jitter = rng.uniform(-0.3, 0.3, len(last))  # members of one load value spread across its row
+    y = _index_coordinate(grid.loads, last["load"].to_numpy(float)) + jitter
+    x0 = _index_coordinate(grid.temperatures, first["temperature"].to_numpy(float))
+    x1 = _index_coordinate(grid.temperatures, last["temperature"].to_numpy(float))
+    for a, b, yy in zip(x0, x1, y):
+        ax.plot([a, b], [yy, yy], color="#333333", linewidth=0.6, alpha=0.45, zorder=4)
+    ax.scatter(x0, y, s=10, facecolor="white", edgecolor="#333333", linewidth=0.6, zorder=5)
+    ax.scatter(x1, y, s=16, color="#111111", zorder=6)
+    ny, nx = grid.shape
+    ax.set_xlim(min(-0.5, float(np.nanmin([x0.min(), x1.min()])) - 0.3),
+                max(nx - 0.5, float(np.nanmax([x0.max(), x1.max()])) + 0.3))
+    leg = ax.get_legend()
+    handles = list(leg.legend_handles) if leg is not None else []
+    handles += [Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="#333333",
+                       markersize=4, label=f"{zoo} member: start"),
+                Line2D([], [], marker="o", linestyle="", color="#111111", markersize=5, label="... and end")]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.03, 0.5), frameon=False, fontsize=9)
+    ax.set_title(f"{zoo} members on the phases of {grid_zoo}")
     return _save(fig, path)

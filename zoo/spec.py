@@ -375,6 +375,7 @@ class ZooSpec(_Strict):
             raise ValueError(f"training.schedule: PBT discovers the schedule; use constant "
                              f"(got {self.training.schedule!r})")
         p, e = self.pbt, self.training.epochs
+        p.check()
         if p.perturbation_interval >= e:
             raise ValueError(f"pbt.perturbation_interval: {p.perturbation_interval} epochs leaves no perturbation "
                              f"within training.epochs={e}")

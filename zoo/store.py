@@ -409,7 +409,8 @@ def tracked_files(root: Path) -> list[Path]:
 
 
 def zoo_summary(root: Path, zoo: str) -> dict:
-    t = read_rows(root, zoo).select(["model_id", "cell", "arch_id", "status", "n_params", "epoch"]).to_pydict()
+    t = read_rows(root, zoo).select(["model_id", "cell", "arch_id", "status", "n_params", "epoch", "epochs",
+                                     "test_acc"]).to_pydict()
     first = {}
     for mid, st, n in zip(t["model_id"], t["status"], t["n_params"]):
         first.setdefault(mid, (st, n))
@@ -422,7 +423,16 @@ def zoo_summary(root: Path, zoo: str) -> dict:
         "checkpoints": sorted(set(t["epoch"])),
         "diverged": sum(1 for st, _ in first.values() if st == "diverged"),
         "n_params": {"min": min(sizes), "max": max(sizes)},
+        "final_test_acc": _final_acc(t),
     }
+
+
+def _final_acc(t: dict) -> dict | None:
+    """Best and median test accuracy of the models that finished training (last epoch, not
+    diverged); None for a zoo without accuracy (a PDE)."""
+    acc = [a for a, e, n, st in zip(t["test_acc"], t["epoch"], t["epochs"], t["status"])
+           if e == n and st == "ok" and a is not None and np.isfinite(a)]
+    return {"best": float(max(acc)), "median": float(np.median(acc)), "models": len(acc)} if acc else None
 
 
 def refresh_manifest(root: Path, manifest: dict) -> dict:
