@@ -321,8 +321,8 @@ def test_an_uninterrupted_pbt_build_is_reproducible_whatever_the_workers(built):
 
 @pytest.mark.slow
 def test_pbt_build_killed_resumes_with_tune_restore_and_survives_a_killed_worker(tmp_path):
-    """kill -9 of the whole build mid-experiment, then a rerun (Tune's restore) during which one
-    trial's worker process is killed (Tune retries it from its checkpoint): the dataset ends
+    """kill -9 of the whole build mid-experiment, then a rerun (Tune's restore) during which the
+    trials' worker processes are killed (Tune retries them from their checkpoints): the dataset ends
     complete and verified, each (member, epoch) once, every row replaying to its weights."""
     from pipelines import pbt
     from zoo import store
@@ -348,14 +348,16 @@ def test_pbt_build_killed_resumes_with_tune_restore_and_survives_a_killed_worker
 
     def trial_workers():
         ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-        return [int(line.split()[0]) for line in ps if "ray::ImplicitFunc" in line]
+        return [int(line.split()[0]) for line in ps if "ray::ImplicitFunc.train" in line]  # a trial's actor, training
 
-    killed = wait_for(lambda: n_rows() > before and bool(trial_workers()), timeout=180, every=0.1)
-    if killed and n_rows() < 4 * 6:
-        os.kill(trial_workers()[0], signal.SIGKILL)
+    assert wait_for(lambda: n_rows() > before and bool(trial_workers()), timeout=180, every=0.05)
+    assert n_rows() < 4 * 6, "the resumed experiment finished before a worker could be killed"
+    for pid in trial_workers():  # the actors training now: their trials fail
+        os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert store.verify(out) == []
+    assert "Trial task failed" in err  # Tune saw the killed trial fail (and retried it from its checkpoint)
     rows = load_rows(out, "tiny_pbt")
     assert len(rows) == 4 * 6 and len({(r["model_id"], r["epoch"]) for r in rows}) == 24
     parsed = parse_spec(spec)
