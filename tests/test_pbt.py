@@ -221,6 +221,11 @@ def test_tiny_pbt_zoo_rows_load_and_carry_their_history(built):
     _, _, out = built
     assert store.verify(out) == []
     rows = load_rows(out, "tiny_pbt")
+    acc = store.read_manifest(out)["zoos"]["tiny_pbt"]["final_test_acc"]
+    finals = sorted(r["test_acc"] for r in rows if r["epoch"] == 6)
+    assert acc == {"best": finals[-1], "median": (finals[1] + finals[2]) / 2, "models": 4}
+    card = (out / "README.md").read_text()
+    assert f"{finals[-1]:.3f} / {acc['median']:.3f}" in card and "`schedule_lr`" in card  # zoo table, PBT columns
     assert len(rows) == 4 * 4 and len({(r["model_id"], r["epoch"]) for r in rows}) == 16  # no row twice
     spec = parse_spec(store.read_manifest(out)["zoos"]["tiny_pbt"]["spec"])
     for r in rows:
@@ -343,12 +348,19 @@ def test_pbt_build_killed_resumes_with_tune_restore_and_survives_a_killed_worker
     before = n_rows()
     assert before < 4 * 6, "the experiment finished before it could be interrupted"
 
+    def trial_workers(training: bool = True) -> list[int]:
+        """Trial actors (`ray::ImplicitFunc`), those running a training step only by default."""
+        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+        name = "ray::ImplicitFunc.train" if training else "ray::ImplicitFunc"
+        return [int(line.split()[0]) for line in ps if name in line]
+
+    # Ray's daemons are not in the build's process group: the killed build's trial actors can
+    # linger for a while; they must not be mistaken for the rerun's
+    if not wait_for(lambda: not trial_workers(training=False), timeout=30):
+        for pid in trial_workers(training=False):
+            os.kill(pid, signal.SIGKILL)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-    def trial_workers():
-        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-        return [int(line.split()[0]) for line in ps if "ray::ImplicitFunc.train" in line]  # a trial's actor, training
 
     assert wait_for(lambda: n_rows() > before and bool(trial_workers()), timeout=180, every=0.05)
     assert n_rows() < 4 * 6, "the resumed experiment finished before a worker could be killed"
