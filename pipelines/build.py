@@ -137,8 +137,11 @@ def build(collection: Collection, out: str | Path, phase: str | None = None, add
                 num_gpus=gpu_share(specs[b.zoo].compute))
             for b in pending if specs[b.zoo].phase != "pbt"]
     t0 = time.perf_counter()
+    # the bar counts the bundles run_jobs trains; a PBT zoo's members are counted by its own
+    # (member-epochs, pipelines.pbt)
+    grid_total = sum(len(b.members) for b in bundles if specs[b.zoo].phase != "pbt")
     run_jobs(train_bundle, jobs, address=address, workers=workers, use_ray=use_ray,
-             reporter=Reporter(console, "training", "models", finished, total))
+             reporter=Reporter(console, "training", "models", grid_total - sum(j.weight for j in jobs), grid_total))
     for spec in pbt_zoos:
         from pipelines import pbt
 

@@ -126,9 +126,13 @@ def test_members_start_from_seeded_draws_within_their_ranges():
         assert m.arch["width"] == 16
         same = initial_hyperparameters(spec.pbt, spec.training.model_dump(), 0, k)
         assert (same["lr"], same["batch_size"]) == (m.training["lr"], m.training["batch_size"])
-    # a larger population keeps the first members (and their ids)
+    # a larger population starts its first members alike, but they train in another experiment:
+    # a PBT member's id depends on the whole pbt block
     bigger = parse_spec(with_changes(pbt_spec(), "pbt.population", 6)).members()
-    assert [m.model_id for m in bigger[:4]] == [m.model_id for m in members]
+    assert [m.training["lr"] for m in bigger[:4]] == [m.training["lr"] for m in members]
+    assert not {m.model_id for m in bigger} & {m.model_id for m in members}
+    other = parse_spec(with_changes(pbt_spec(), "pbt.perturbation_interval", 3)).members()
+    assert not {m.model_id for m in other} & {m.model_id for m in members}
 
 
 def test_temperature_coordinate_is_the_equal_noise_scale_value():

@@ -497,8 +497,9 @@ class ZooSpec(_Strict):
             "zoo": self.name, "task": self.task, "task_args": task_args,
             "arch": arch, "init": self.model.init, "training": train, "seed": seed,
         }
-        if pbt_member is not None:
-            payload["pbt"] = {"experiment_seed": pbt_member[0], "member": pbt_member[1]}
+        if pbt_member is not None:  # a PBT member's training depends on its whole experiment: the pbt block
+            payload["pbt"] = {"experiment_seed": pbt_member[0], "member": pbt_member[1],
+                              "settings": self.pbt.model_dump(mode="json")}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         aid = arch_id(arch)
         group = f"{cell.id}-{aid}" if self.architectures else cell.id
