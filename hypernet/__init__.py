@@ -13,11 +13,13 @@ and pipelines.evaluate.
 from hypernet.api import load, load_hypernet, predict_init, reset_batchnorm
 from hypernet.conditions import ConditionSpec
 from hypernet.decoders import DECODERS, DecoderConfig, DecoderError, build_decoder
+from hypernet.generators import GENERATORS, GeneratorKind, kind_of
 from hypernet.ghn import GHNConfig, GraphHyperNetwork
 from hypernet.graph import MAX_DIMS, OPS, GraphError, UnsupportedOpError, module_to_graph, validate
 
 __all__ = [
-    "ConditionSpec", "DECODERS", "DecoderConfig", "DecoderError", "GHNConfig", "GraphError", "GraphHyperNetwork",
+    "ConditionSpec", "DECODERS", "DecoderConfig", "DecoderError", "GENERATORS", "GHNConfig", "GeneratorKind",
+    "GraphError", "GraphHyperNetwork", "kind_of",
     "MAX_DIMS", "OPS", "UnsupportedOpError", "build_decoder", "load", "load_hypernet", "module_to_graph", "predict_init",
     "reset_batchnorm", "validate",
 ]

@@ -20,21 +20,23 @@ from torch import nn
 import json
 
 from hypernet.diffusion import WeightDiffusion
+from hypernet.generators import kind_of, kind_of_config
 from hypernet.ghn import GraphHyperNetwork
 from zoo.errors import ZooError
 
 Generator = GraphHyperNetwork | WeightDiffusion
 
 
-def _class_of(config: dict) -> type:
-    """WeightDiffusion for a diffusion config (it has d_model), else GraphHyperNetwork."""
-    return WeightDiffusion if "d_model" in config else GraphHyperNetwork
+def _class_of(config: dict, source: str = "config.json") -> type:
+    """The model class of a saved generator, found through the registry (hypernet.generators)."""
+    return kind_of_config(config, source).model
 
 
 def load_hypernet(hypernet: Generator | str | Path) -> Generator:
     """A weight generator (GraphHyperNetwork or WeightDiffusion) from an instance, a local folder
     (config.json + model.safetensors) or a Hub id; the class is read from config.json."""
-    if isinstance(hypernet, (GraphHyperNetwork, WeightDiffusion)):
+    if isinstance(hypernet, nn.Module):
+        kind_of(hypernet)  # a generator of a registered kind, else a ZooError naming the kinds
         return hypernet
     if not isinstance(hypernet, (str, Path)):
         raise ZooError(f"hypernet must be a GraphHyperNetwork, a WeightDiffusion, a folder or a Hub id; "
@@ -44,7 +46,7 @@ def load_hypernet(hypernet: Generator | str | Path) -> Generator:
         if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
             raise ZooError(f"{path}: not a hypernetwork folder (needs config.json and model.safetensors, "
                            "as written by `hypernet train` or save_pretrained)")
-        cls = _class_of(json.loads((path / "config.json").read_text()))
+        cls = _class_of(json.loads((path / "config.json").read_text()), str(path / "config.json"))
         return cls.from_pretrained(str(path)).eval()
     text = str(hypernet)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
@@ -53,7 +55,14 @@ def load_hypernet(hypernet: Generator | str | Path) -> Generator:
         from huggingface_hub import hf_hub_download
 
         config = json.loads(Path(hf_hub_download(text, "config.json")).read_text())
-        return _class_of(config).from_pretrained(text).eval()
+        cls = _class_of(config, f"{text}: config.json")
+    except ZooError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the Hub client raises many kinds; name the id and the cause
+        raise ZooError(f"hypernet {hypernet!r}: no such folder, and the Hub could not provide it "
+                       f"({type(e).__name__}: {e})") from None
+    try:
+        return cls.from_pretrained(text).eval()
     except Exception as e:  # noqa: BLE001 - the Hub client raises many kinds; name the id and the cause
         raise ZooError(f"hypernet {hypernet!r}: no such folder, and the Hub could not provide it "
                        f"({type(e).__name__}: {e})") from None
@@ -123,7 +132,7 @@ def predict_params(gen: Generator, model: nn.Module, condition: torch.Tensor | N
     A GHN predicts deterministically. A diffusion generator draws `n` DDIM samples (seeded) and,
     for n > 1, keeps the one with the lowest loss on the first 512 training samples of the zoo's
     task (never test data)."""
-    if isinstance(gen, GraphHyperNetwork):
+    if not kind_of(gen).samples:  # a GHN: one deterministic prediction
         return gen.predict(model, condition, example_input=example_input)
     from hypernet.tokenizer import TokenLayout, WeightTokenizer
 
@@ -167,7 +176,7 @@ def predict_init(model: nn.Module, hypernet: Generator | str | Path, *, task: st
     gen = load_hypernet(hypernet)
     cond, resolved = condition_for(gen, model, task=task, temperature=temperature, load=load, zoo=zoo)
     params = predict_params(gen, model, cond, zoo=resolved.get("zoo"), n=n, seed=seed, example_input=example_input)
-    if calibrate is None and isinstance(gen, WeightDiffusion) and resolved:
+    if calibrate is None and kind_of(gen).samples and resolved:
         calibrate = _training_data(gen, resolved["zoo"])[0]
     for name, p in model.named_parameters():
         if name not in params:

@@ -20,8 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hypernet", description="Hypernetworks that learn from a model zoo.")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a graph hypernetwork on the cells of a built zoo")
-    t.add_argument("--kind", help="ghn (tiled decoder, GHN-3), ghn-lowrank (low-rank decoder, LoGAH) or "
-                                  "diffusion (weight diffusion); default: the config's kind, else ghn")
+    from hypernet.generators import GENERATORS
+
+    t.add_argument("--kind", help="; ".join(f"{k}: {GENERATORS.get(k).description}" for k in GENERATORS.names())
+                   + " (default: the config's kind, else ghn)")
     t.add_argument("--zoo", default="build/phases", help="zoo dataset folder (default: build/phases)")
     t.add_argument("--out", help="run folder (default: runs/<kind>)")
     t.add_argument("--config", help="hypernet config YAML (default: configs/hypernets/<kind>.yaml)")

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from hypernet.api import condition_for, load_hypernet, predict_params, reset_batchnorm
-from hypernet.diffusion import WeightDiffusion
 from hypernet.conditions import ConditionSpec
+from hypernet.generators import kind_of
 from pipelines.zoodata import ArchCase, ZooCell, load_cells, make_split, split_digest
 from zoo import nets
 from zoo.errors import ZooError
@@ -124,7 +124,7 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
     if unsupported is None:
         pred = cell.build(case.arch)
         pred.load_state_dict({**pred.state_dict(), **{k: v.detach() for k, v in params.items()}})
-        if isinstance(ghn, WeightDiffusion):  # sampled nets get BatchNorm statistics of the training data
+        if kind_of(ghn).samples:  # sampled nets get BatchNorm statistics of the training data
             reset_batchnorm(pred, task.x_train[:512])
         for s in seeds:
             states.append(pred.state_dict())
@@ -352,7 +352,7 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
         "summary": summarize(results, "hypernet"),
         "results": results,
     }
-    if isinstance(ghn, WeightDiffusion):
+    if kind_of(ghn).samples:
         doc["memorization"] = memorization(ghn, cases, train_cells, zoo_root, spec)
     if out is not None:
         write_outputs(doc, Path(out))

@@ -39,6 +39,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hypernet import generators
 from hypernet.conditions import ConditionSpec
 from hypernet.ghn import GHNConfig, GraphHyperNetwork
 from hypernet.graph import module_to_graph
@@ -48,8 +49,8 @@ from zoo.errors import ZooError
 from zoo.objectives import Classification
 from zoo.train import population_forward, train_subset
 
-KINDS = {"ghn": "tiled", "ghn-lowrank": "lowrank"}  # kind -> GHN decoder
-ALL_KINDS = (*KINDS, "diffusion")  # diffusion: pipelines.fit_diffusion
+# the kinds this trainer fits (the GHNs), from the registry; diffusion: pipelines.fit_diffusion
+KINDS = [k for k in generators.kinds() if generators.get(k).section == "ghn"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -80,15 +81,20 @@ class HypernetConfig:
     def from_dict(cls, d: dict, source: str = "<config>") -> HypernetConfig:
         d = top_level(d, source, "ghn")
         kind = d.get("kind", "ghn")
+        try:
+            generators.get(kind)
+        except ZooError as e:
+            raise ZooError(f"{source}: {e}") from None
         if kind not in KINDS:
-            raise ZooError(f"{source}: kind {kind!r} is not valid; valid: {', '.join(KINDS)}")
+            raise ZooError(f"{source}: kind {kind!r} is not a graph hypernetwork; this config is for "
+                           f"{', '.join(KINDS)}")
         ghn = section(d, "ghn", GHNConfig, source, exclude={"conditions", "n_conditions", "decoder"},
                       hint=" (decoder is set by kind, the conditions by the zoo)")
         t = TrainConfig(**section(d, "training", TrainConfig, source))
         check_fields(t, source, at_least_one=("steps", "meta_batch", "batch_size", "checkpoint_every", "log_every"),
                      positive=("lr", "clip"), non_negative=("distill", "warmup"))
         try:
-            GHNConfig(**ghn, decoder=KINDS[kind])
+            GHNConfig(**ghn, **generators.get(kind).fixed)
         except TypeError as e:
             raise ZooError(f"{source}: ghn: {e}") from None
         return cls(kind, ghn, t)
@@ -97,7 +103,7 @@ class HypernetConfig:
         return {"kind": self.kind, "ghn": self.ghn, "training": asdict(self.training)}
 
     def ghn_config(self, conditions: ConditionSpec) -> GHNConfig:
-        return GHNConfig(**self.ghn, decoder=KINDS[self.kind], conditions=conditions.to_dict())
+        return GHNConfig(**self.ghn, **generators.get(self.kind).fixed, conditions=conditions.to_dict())
 
 
 def top_level(d: dict | None, source: str, body: str) -> dict:
@@ -131,8 +137,8 @@ def check_fields(t, source: str, at_least_one=(), positive=(), non_negative=()) 
 
 def default_config_path(kind: str) -> Path:
     """configs/hypernets/<kind>.yaml, from the source tree or the copy a wheel ships."""
-    if kind not in ALL_KINDS:
-        raise ZooError(f"--kind {kind!r} is not valid; valid: {', '.join(ALL_KINDS)}")
+    if kind not in generators.kinds():
+        raise ZooError(f"--kind {kind!r} is not valid; valid: {', '.join(generators.kinds())}")
     name = f"{kind.replace('-', '_')}.yaml"
     source = ROOT / "configs" / "hypernets" / name
     if source.exists():

@@ -111,8 +111,10 @@ def test_config_errors_name_the_field(tmp_path):
         HypernetConfig.from_dict({"training": {"stepz": 3}})
     with pytest.raises(ZooError, match="unknown ghn fields \\['hiden'\\]"):
         HypernetConfig.from_dict({"ghn": {"hiden": 3}})
-    with pytest.raises(ZooError, match="kind 'gan' is not valid; valid: ghn, ghn-lowrank"):
+    with pytest.raises(ZooError, match="unknown generator kind 'gan'; valid: diffusion, ghn, ghn-lowrank"):
         HypernetConfig.from_dict({"kind": "gan"})
+    with pytest.raises(ZooError, match="kind 'diffusion' is not a graph hypernetwork; this config is for ghn, ghn-lowrank"):
+        HypernetConfig.from_dict({"kind": "diffusion"})
     with pytest.raises(ZooError, match="training.steps must be >= 1"):
         HypernetConfig.from_dict({"training": {"steps": 0}})
     for kind in ("ghn", "ghn-lowrank"):  # the shipped defaults parse, and --kind picks the decoder
