@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from hypernet.api import load_hypernet, predict_init  # noqa: E402
 from hypernet.conditions import ConditionSpec  # noqa: E402
 from hypernet.ghn import GraphHyperNetwork  # noqa: E402
-from pipelines.fit import load_config  # noqa: E402
+from pipelines.recipes import load_config  # noqa: E402
 from zoo import nets, tasks  # noqa: E402
 from zoo.spec import load_config as load_collection  # noqa: E402
 

@@ -66,13 +66,9 @@ def cmd_compare(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from pipelines.fit import load_config
+    from pipelines.recipes import load_config, train
 
     cfg = load_config(a.config, a.kind)
-    if cfg.kind == "diffusion":
-        from pipelines.fit_diffusion import train
-    else:
-        from pipelines.fit import train
     if a.steps is not None:
         if a.steps < 1:
             raise ZooError(f"--steps must be >= 1 (got {a.steps})")

@@ -11,10 +11,10 @@ from the architecture's graph and the cell's condition (zoo, temperature, load),
         mean squared difference to the members' mean output otherwise).
 
 The distillation target is the members' outputs, not their weights: trained weights of different
-seeds differ by hidden-unit permutations, their functions do not. AdamW with linear warm-up and
-cosine decay, gradient-norm clipping, a progress bar, a JSON-lines log, checkpoints every
-`checkpoint_every` steps (safetensors, no pickle) and exact resume: the meta-batches and data
-batches of step s come from a generator seeded by (seed, s), so a resumed run takes the same
+seeds differ by hidden-unit permutations, their functions do not. This module is the GHN's recipe
+(its losses and material, `Trainer`) and config; AdamW's schedule, clipping, the log, checkpoints
+and exact resume are the one loop's (pipelines.hypernet_train): the meta-batches and data batches
+of step s come from the loop's generator seeded by (seed, s), so a resumed run takes the same
 steps an uninterrupted one would.
 
 Run folder:
@@ -26,32 +26,26 @@ Run folder:
 from __future__ import annotations
 
 import json
-import math
-import shutil
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from hypernet import generators
 from hypernet.conditions import ConditionSpec
 from hypernet.ghn import GHNConfig, GraphHyperNetwork
 from hypernet.graph import module_to_graph
+from pipelines.hypernet_train import fit, fused_adamw
 from pipelines.zoodata import Split, ZooCell, load_cells, make_split, split_digest, zoo_specs
-from zoo import store
 from zoo.errors import ZooError
 from zoo.objectives import Classification
 from zoo.train import population_forward, train_subset
 
 # the kinds this trainer fits (the GHNs), from the registry; diffusion: pipelines.fit_diffusion
 KINDS = [k for k in generators.kinds() if generators.get(k).section == "ghn"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -135,40 +129,6 @@ def check_fields(t, source: str, at_least_one=(), positive=(), non_negative=()) 
                 raise ZooError(f"{source}: training.{k} must be {rule} (got {getattr(t, k)})")
 
 
-def default_config_path(kind: str) -> Path:
-    """configs/hypernets/<kind>.yaml, from the source tree or the copy a wheel ships."""
-    if kind not in generators.kinds():
-        raise ZooError(f"--kind {kind!r} is not valid; valid: {', '.join(generators.kinds())}")
-    name = f"{kind.replace('-', '_')}.yaml"
-    source = ROOT / "configs" / "hypernets" / name
-    if source.exists():
-        return source
-    from importlib.resources import files
-
-    return Path(str(files("zoo._configs.hypernets") / name))
-
-
-def load_config(path: str | Path | None, kind: str | None = None):
-    """A hypernet config from YAML (HypernetConfig, or DiffusionRunConfig for kind diffusion);
-    without a path the default for `kind`. An explicit --kind wins."""
-    path = Path(path) if path else default_config_path(kind or "ghn")
-    if not path.exists():
-        raise ZooError(f"{path}: hypernet config not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ZooError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ZooError(f"{path}: expected a mapping with kind, ghn, training")
-    if kind:
-        data["kind"] = kind
-    if data.get("kind") == "diffusion":
-        from pipelines.fit_diffusion import DiffusionRunConfig
-
-        return DiffusionRunConfig.from_dict(data, str(path))
-    return HypernetConfig.from_dict(data, str(path))
-
-
 # ---- per-architecture and per-cell material ------------------------------------------------------
 class _Arch:
     """A template module of one architecture, its graph and its stacked forward."""
@@ -210,8 +170,10 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, classification: b
     return F.mse_loss(student, teacher.mean(0))
 
 
-# ---- the trainer -------------------------------------------------------------------------------
+# ---- the recipe -------------------------------------------------------------------------------
 class Trainer:
+    """The GHN recipe of the one training loop (pipelines.hypernet_train.fit)."""
+
     def __init__(self, zoo_dir: str | Path, out: str | Path, config: HypernetConfig,
                  zoos: list[str] | None = None, progress: bool = True):
         self.root, self.out, self.config = Path(zoo_dir), Path(out), config
@@ -233,10 +195,11 @@ class Trainer:
             (decay if p.dim() >= 2 and "emb" not in n else no_decay).append(p)
         t = config.training
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, **_fused())
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, **fused_adamw())
         self._archs: dict[str, _Arch] = {}
         self._data: dict[str, CellData] = {}
-        self.step = 0
+        self._monitor: list[ZooCell] | None = None
+        self.kind, self.label = config.kind, "hypernet train"
 
     # -- material caches
     def arch(self, cell: ZooCell, arch: dict | None = None) -> _Arch:
@@ -251,9 +214,6 @@ class Trainer:
             a = self.arch(cell)
             self._data[cell.key] = CellData(cell, cell.states(self.root), a.param_names, a.buffers)
         return self._data[cell.key]
-
-    def lr_at(self, step: int) -> float:
-        return warmup_cosine(step, self.config.training)
 
     # -- one cell's loss
     def cell_loss(self, cell: ZooCell, gen: torch.Generator) -> tuple[torch.Tensor, float, float]:
@@ -300,189 +260,40 @@ class Trainer:
             scores.append(float(m["acc"][0]) if "acc" in m else -float(m["rel_l2"][0]))
         return float(np.mean(scores))
 
-    # -- checkpoints
-    def _ckpt_dir(self) -> Path:
-        return self.out / "checkpoint"
+    # -- the recipe (pipelines.hypernet_train.Recipe): the loop calls these
+    @property
+    def model(self) -> nn.Module:
+        return self.ghn
 
-    def save_checkpoint(self) -> None:
-        save_checkpoint(self._ckpt_dir(), self.ghn, self.opt,
-                        {"step": self.step, "config": self.config.to_dict(), "split": split_digest(self.split)})
+    def split_digest(self) -> str:
+        return split_digest(self.split)
 
-    def load_checkpoint(self) -> None:
-        state = load_checkpoint(self._ckpt_dir(), self.ghn, self.opt, self.config.to_dict(), split_digest(self.split))
-        self.step = int(state["step"])
-
-    # -- the loop
-    def train(self, resume: bool = False) -> dict:
+    def step(self, s: int, gen: torch.Generator) -> tuple[float, dict[str, float], dict]:
+        """A meta-batch of cells drawn by `gen`, each cell's loss backpropagated (accumulated)."""
         t = self.config.training
-        if t.threads:
-            torch.set_num_threads(t.threads)
-        self.out.mkdir(parents=True, exist_ok=True)
-        log_path = self.out / "log.jsonl"
-        if resume and self._ckpt_dir().exists():
-            self.load_checkpoint()
-            trim_log(log_path, self.step)
-        elif log_path.exists():
-            log_path.unlink()
-        start, t0 = self.step, time.perf_counter()
-        monitor = self.train_cells[:: max(1, len(self.train_cells) // 8)][:8]
-        bar = _progress(self.progress)
-        task_id = bar.add_task("hypernet train", total=t.steps, completed=start, info="") if bar else None
-        if bar:
-            bar.start()
-        acc = {"loss": 0.0, "task": 0.0, "distill": 0.0, "n": 0}
-        try:
-            while self.step < t.steps:
-                s = self.step
-                gen = torch.Generator().manual_seed(t.seed * 1_000_003 + s)
-                pick = torch.randperm(len(self.train_cells), generator=gen)[: t.meta_batch].tolist()
-                lr = self.lr_at(s)
-                for g in self.opt.param_groups:
-                    g["lr"] = lr
-                self.opt.zero_grad(set_to_none=True)
-                total, parts_t, parts_d = 0.0, 0.0, 0.0
-                for i in pick:
-                    loss, lt, ld = self.cell_loss(self.train_cells[i], gen)
-                    (loss / len(pick)).backward()
-                    total += float(loss.detach()) / len(pick)
-                    parts_t += lt / len(pick)
-                    parts_d += ld / len(pick)
-                if not math.isfinite(total):
-                    raise ZooError(f"hypernet training diverged at step {s} (loss {total}); lower training.lr")
-                gnorm = float(nn.utils.clip_grad_norm_(self.ghn.parameters(), t.clip))
-                self.opt.step()
-                self.step = s + 1
-                acc["loss"] += total
-                acc["task"] += parts_t
-                acc["distill"] += parts_d
-                acc["n"] += 1
-                if self.step % t.log_every == 0 or self.step == t.steps:
-                    n = acc["n"]
-                    rec = {"step": self.step, "loss": acc["loss"] / n, "task_loss": acc["task"] / n,
-                           "distill": acc["distill"] / n, "lr": lr, "grad_norm": gnorm,
-                           "seconds": time.perf_counter() - t0}
-                    if self.step % t.checkpoint_every == 0 or self.step == t.steps:
-                        rec["train_cells_pred_score"] = self.predicted_score(monitor)
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    acc = {"loss": 0.0, "task": 0.0, "distill": 0.0, "n": 0}
-                    if bar:
-                        bar.update(task_id, info=f"loss {rec['loss']:.3f} (task {rec['task_loss']:.3f}, "
-                                                 f"distill {rec['distill']:.3f})")
-                if self.step % t.checkpoint_every == 0 or self.step == t.steps:
-                    self.save_checkpoint()
-                if bar:
-                    bar.update(task_id, completed=self.step)
-        finally:
-            if bar:
-                bar.stop()
-        seconds = time.perf_counter() - t0
-        self.ghn.save_pretrained(self.out)
-        meta = {
-            "kind": self.config.kind,
-            "config": self.config.to_dict(),
-            "zoo": str(self.root.resolve()),
-            "zoo_manifest_sha256": store.sha256_file(self.root / "manifest.json"),
-            "split": self.split.to_json(),
-            "train_cells": [c.key for c in self.train_cells],
-            "n_params": self.ghn.n_params(),
-            "decoder_params": self.ghn.decoder.n_params(),
-            "steps": self.step,
-            "seconds_this_run": seconds,
-            "resumed_from": start,
-        }
-        (self.out / "hypernet.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return meta
+        pick = torch.randperm(len(self.train_cells), generator=gen)[: t.meta_batch].tolist()
+        total, parts_t, parts_d = 0.0, 0.0, 0.0
+        for i in pick:
+            loss, lt, ld = self.cell_loss(self.train_cells[i], gen)
+            (loss / len(pick)).backward()
+            total += float(loss.detach()) / len(pick)
+            parts_t += lt / len(pick)
+            parts_d += ld / len(pick)
+        return total, {"task_loss": parts_t, "distill": parts_d}, {}
 
+    def monitor(self) -> dict:
+        if self._monitor is None:
+            self._monitor = self.train_cells[:: max(1, len(self.train_cells) // 8)][:8]
+        return {"train_cells_pred_score": self.predicted_score(self._monitor)}
 
-# ---- shared by every hypernet trainer -------------------------------------------------------------------
-def warmup_cosine(step: int, t) -> float:
-    """Learning rate at `step`: linear warm-up over t.warmup steps, then cosine decay to t.lr * t.min_lr_ratio."""
-    if step < t.warmup:
-        return t.lr * (step + 1) / t.warmup
-    frac = (step - t.warmup) / max(1, t.steps - t.warmup)
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    def info(self, rec: dict) -> str:
+        return f"loss {rec['loss']:.3f} (task {rec['task_loss']:.3f}, distill {rec['distill']:.3f})"
 
+    def meta(self) -> dict:
+        return {"n_params": self.ghn.n_params(), "decoder_params": self.ghn.decoder.n_params()}
 
-def trim_log(log_path: Path, step: int) -> None:
-    """On resume: drop log lines past the checkpoint's step (they will be written again)."""
-    if log_path.exists():
-        keep = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        log_path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def save_checkpoint(ck: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-    """model + optimizer tensors (safetensors) + state.json, swapped in atomically as folder `ck`."""
-    tmp = ck.with_name(ck.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    opt_tensors = {}
-    for i, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            opt_tensors[f"{i}.{k}"] = torch.as_tensor(v).contiguous()
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    old = ck.with_name(ck.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ck.exists():
-        ck.rename(old)
-    tmp.rename(ck)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(ck: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict, split: str) -> dict:
-    """Restore what save_checkpoint wrote; refuses a checkpoint of another config or split."""
-    state = json.loads((ck / "state.json").read_text())
-    if state["config"] != config:
-        raise ZooError(f"{ck}: was written with a different hypernet config; resume with the same "
-                       f"config, or use a new --out")
-    if state["split"] != split:
-        raise ZooError(f"{ck}: the zoo's held-out split changed since this run started; use a new --out")
-    model.load_state_dict(load_file(str(ck / "model.safetensors")))
-    tensors = load_file(str(ck / "optimizer.safetensors"))
-    sd = opt.state_dict()
-    st: dict[int, dict] = {}
-    for k, v in tensors.items():
-        i, name = k.split(".", 1)
-        st.setdefault(int(i), {})[name] = v
-    sd["state"] = st
-    opt.load_state_dict(sd)
-    return state
-
-
-def _fused() -> dict:
-    """fused=True where this torch has the fused CPU AdamW (several times faster on a 4M-parameter GHN)."""
-    try:
-        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], fused=True)
-        return {"fused": True}
-    except (RuntimeError, TypeError):
-        return {}
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-
-
-def check_out(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ZooError(f"--out {out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not resume:
-        hint = " (pass --resume to continue it)" if (out / "checkpoint").exists() else ""
-        raise ZooError(f"--out {out}: folder is not empty{hint}; choose a new or empty folder")
-
-
-def train(zoo_dir: str | Path, out: str | Path, config: HypernetConfig, zoos: list[str] | None = None,
-          resume: bool = False, progress: bool = True) -> dict:
-    """Train a hypernetwork on the zoo folder `zoo_dir` into the run folder `out`; returns hypernet.json."""
-    out = Path(out)
-    check_out(out, resume)
-    return Trainer(zoo_dir, out, config, zoos=zoos, progress=progress).train(resume=resume)
+    def train(self, resume: bool = False) -> dict:
+        return fit(self, self.out, resume=resume, progress=self.progress)
 
 
 def read_run(path: str | Path) -> dict:

@@ -17,7 +17,8 @@ pipelines.fit trains the GHN). Training data only, never test data. Each step dr
 replacement; with probability `augment` a member is randomly permuted (hypernet.symmetry) before
 tokenizing, so the generator also sees non-canonical nets. The condition is the member's cell
 (zoo, temperature, load; hypernet.conditions). AdamW, warm-up + cosine decay (the base net's
-tokens at their own peak lr, base_lr), clipping, checkpoints and exact resume as in pipelines.fit.
+tokens at their own peak lr, base_lr), clipping, checkpoints and exact resume: the one loop of
+every kind (pipelines.hypernet_train); this module is diffusion's recipe (`DiffusionTrainer`).
 
 Run folder: config.json + model.safetensors (WeightDiffusion, with the tokenizer's statistics and
 the references' ids in its config), hypernet.json (same fields as a GHN run, so `hypernet eval`
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,10 +39,9 @@ from hypernet.conditions import ConditionSpec
 from hypernet.diffusion import DiffusionConfig, WeightDiffusion
 from hypernet.symmetry import SUPPORTED, canonicalize, perm_groups, permute, random_permutation
 from hypernet.tokenizer import TokenLayout, WeightTokenizer
-from pipelines.fit import (CellData, _fused, _progress, check_fields, check_out, distill_loss, load_checkpoint,
-                           save_checkpoint, section, top_level, trim_log, warmup_cosine)
+from pipelines.fit import CellData, check_fields, distill_loss, section, top_level
+from pipelines.hypernet_train import fit, fused_adamw
 from pipelines.zoodata import ZooCell, load_cells, make_split, split_digest, zoo_specs
-from zoo import store
 from zoo.errors import ZooError
 from zoo.objectives import Classification
 from zoo.train import population_forward
@@ -108,6 +107,8 @@ def arch_key(cell: ZooCell, arch: dict | None = None) -> str:
 
 
 class DiffusionTrainer:
+    """The diffusion recipe of the one training loop (pipelines.hypernet_train.fit)."""
+
     def __init__(self, zoo_dir: str | Path, out: str | Path, config: DiffusionRunConfig,
                  zoos: list[str] | None = None, progress: bool = True):
         self.root, self.out, self.config, self.progress = Path(zoo_dir), Path(out), config, progress
@@ -145,8 +146,8 @@ class DiffusionTrainer:
         groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if base:
             groups.append({"params": base, "weight_decay": 0.0, "lr_mult": t.base_lr / t.lr})
-        self.opt = torch.optim.AdamW(groups, lr=t.lr, **_fused())
-        self.step = 0
+        self.opt = torch.optim.AdamW(groups, lr=t.lr, **fused_adamw())
+        self.kind, self.label = "diffusion", "diffusion train"
 
     def _prepare(self, token_size: int) -> dict[str, _Arch]:
         """Canonical states and conditions of every training member, grouped by architecture."""
@@ -169,9 +170,6 @@ class DiffusionTrainer:
             out[key] = _Arch(key, ref_cell, module, TokenLayout.of(module, token_size), members,
                              population_forward(module)[0], tasks)
         return out
-
-    def lr_at(self, step: int) -> float:
-        return warmup_cosine(step, self.config.training)
 
     def task_loss(self, a: _Arch, x0_hat: torch.Tensor, cells: list[str], gen: torch.Generator):
         """Task loss (+ distill · divergence from the cell's trained members) of the nets that the
@@ -227,83 +225,36 @@ class DiffusionTrainer:
         x0 = torch.stack(xs)
         return x0, a.layout.ids(), mask.expand_as(x0), torch.stack(conds), a, cells
 
-    def train(self, resume: bool = False) -> dict:
+    # -- the recipe (pipelines.hypernet_train.Recipe): the loop calls these
+    def split_digest(self) -> str:
+        return split_digest(self.split)
+
+    def step(self, s: int, gen: torch.Generator) -> tuple[float, dict[str, float], dict]:
+        """One architecture's batch drawn by `gen`: the denoising loss (+ task_weight x the task
+        loss of its clean estimate), backpropagated."""
         t = self.config.training
-        self.out.mkdir(parents=True, exist_ok=True)
-        log_path, ck = self.out / "log.jsonl", self.out / "checkpoint"
-        digest = split_digest(self.split)
-        if resume and ck.exists():
-            self.step = int(load_checkpoint(ck, self.model, self.opt, self.config.to_dict(), digest)["step"])
-            trim_log(log_path, self.step)
-        elif log_path.exists():
-            log_path.unlink()
-        start, t0 = self.step, time.perf_counter()
-        bar = _progress(self.progress)
-        task_id = bar.add_task("diffusion train", total=t.steps, completed=start, info="") if bar else None
-        if bar:
-            bar.start()
-        acc, n = [0.0] * 4, 0
-        try:
-            while self.step < t.steps:
-                s = self.step
-                gen = torch.Generator().manual_seed(t.seed * 1_000_003 + s)
-                x0, ids, mask, cond, arch, cells = self.batch(gen)
-                for g in self.opt.param_groups:
-                    g["lr"] = self.lr_at(s) * g.get("lr_mult", 1.0)
-                self.opt.zero_grad(set_to_none=True)
-                if t.task_weight:
-                    denoise, x0_hat = self.model.loss(x0, ids, mask, cond, generator=gen, return_x0=True)
-                    task, task_v, dist_v = self.task_loss(arch, x0_hat, cells, gen)
-                    loss = denoise + t.task_weight * task
-                else:
-                    denoise = loss = self.model.loss(x0, ids, mask, cond, generator=gen)
-                    task_v = dist_v = 0.0
-                if not torch.isfinite(loss):
-                    raise ZooError(f"diffusion training diverged at step {s}; lower training.lr")
-                loss.backward()
-                gnorm = float(nn.utils.clip_grad_norm_(self.model.parameters(), t.clip))
-                self.opt.step()
-                self.step = s + 1
-                acc = [v + float(x) for v, x in zip(acc, (loss.detach(), denoise.detach(), task_v, dist_v))]
-                n += 1
-                if self.step % t.log_every == 0 or self.step == t.steps:
-                    rec = {"step": self.step, "loss": acc[0] / n, "denoise": acc[1] / n, "task": acc[2] / n,
-                           "distill": acc[3] / n, "lr": self.lr_at(s), "grad_norm": gnorm,
-                           "tokens": int(x0.shape[1]), "seconds": time.perf_counter() - t0}
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    acc, n = [0.0] * 4, 0
-                    if bar:
-                        bar.update(task_id, info=f"denoise {rec['denoise']:.3f} task {rec['task']:.3f}")
-                if self.step % t.checkpoint_every == 0 or self.step == t.steps:
-                    save_checkpoint(ck, self.model, self.opt,
-                                    {"step": self.step, "config": self.config.to_dict(), "split": digest})
-                if bar:
-                    bar.update(task_id, completed=self.step)
-        finally:
-            if bar:
-                bar.stop()
-        self.model.save_pretrained(self.out)
-        meta = {
-            "kind": "diffusion",
-            "config": self.config.to_dict(),
-            "zoo": str(self.root.resolve()),
-            "zoo_manifest_sha256": store.sha256_file(self.root / "manifest.json"),
-            "split": self.split.to_json(),
-            "train_cells": [c.key for c in self.train_cells],
-            "references": self.references,
-            "n_params": self.model.n_params(),
-            "n_training_members": sum(len(a.members) for a in self.archs.values()),
-            "steps": self.step,
-            "seconds_this_run": time.perf_counter() - t0,
-            "resumed_from": start,
-        }
-        (self.out / "hypernet.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return meta
+        x0, ids, mask, cond, arch, cells = self.batch(gen)
+        if t.task_weight:
+            denoise, x0_hat = self.model.loss(x0, ids, mask, cond, generator=gen, return_x0=True)
+            task, task_v, dist_v = self.task_loss(arch, x0_hat, cells, gen)
+            loss = denoise + t.task_weight * task
+        else:
+            denoise = loss = self.model.loss(x0, ids, mask, cond, generator=gen)
+            task_v = dist_v = 0.0
+        if torch.isfinite(loss):  # a diverged loss is not backpropagated; the loop reports it
+            loss.backward()
+        return float(loss.detach()), {"denoise": float(denoise.detach()), "task": task_v, "distill": dist_v}, \
+            {"tokens": int(x0.shape[1])}
 
+    def monitor(self) -> dict:
+        return {}
 
-def train(zoo_dir: str | Path, out: str | Path, config: DiffusionRunConfig, zoos: list[str] | None = None,
-          resume: bool = False, progress: bool = True) -> dict:
-    out = Path(out)
-    check_out(out, resume)
-    return DiffusionTrainer(zoo_dir, out, config, zoos=zoos, progress=progress).train(resume=resume)
+    def info(self, rec: dict) -> str:
+        return f"denoise {rec['denoise']:.3f} task {rec['task']:.3f}"
+
+    def meta(self) -> dict:
+        return {"references": self.references, "n_params": self.model.n_params(),
+                "n_training_members": sum(len(a.members) for a in self.archs.values())}
+
+    def train(self, resume: bool = False) -> dict:
+        return fit(self, self.out, resume=resume, progress=self.progress)

@@ -366,7 +366,8 @@ def test_hypernet_trains_and_benchmarks_on_every_family(built, tmp_path):
     """One GHN over the four zoos (conditions name each zoo), then the init benchmark on each:
     classification and the PINN's rel_l2 (lower is better), BatchNorm nets, attention nets."""
     from pipelines.evaluate import benchmark
-    from pipelines.fit import HypernetConfig, train
+    from pipelines.fit import HypernetConfig
+    from pipelines.recipes import train
 
     cfg = HypernetConfig.from_dict({"kind": "ghn", "ghn": {"hidden": 16, "layers": 1, "dec_hidden": 16,
                                                           "max_out": 32, "max_in": 32},

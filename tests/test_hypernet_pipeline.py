@@ -25,7 +25,8 @@ from conftest import tiny_spec
 from hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
 from hypernet.api import load_hypernet, predict_init
 from hypernet.conditions import AxisNorm, ConditionSpec
-from pipelines.fit import HypernetConfig, Trainer, load_config, read_run, train
+from pipelines.fit import HypernetConfig, Trainer, read_run
+from pipelines.recipes import load_config, train
 from pipelines.zoodata import held_out_cell, load_cells, make_split
 from pipelines.build import build
 from pipelines.evaluate import aggregate, benchmark, compare, eval_steps, markdown, speedup_bound, summarize
@@ -357,7 +358,7 @@ def test_benchmark_refuses_a_different_zoo(run_dir, tmp_path):
 def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     from hypernet.diffusion import WeightDiffusion
     from pipelines.fit_diffusion import DiffusionRunConfig
-    from pipelines.fit_diffusion import train as train_diffusion
+    from pipelines.recipes import train as train_diffusion
 
     cfg = DiffusionRunConfig.from_dict({
         "kind": "diffusion",
@@ -433,7 +434,7 @@ def test_diffusion_resume_after_an_interruption_is_exact(zoo_dir, tmp_path, monk
     """The task loss draws data from the step's generator and the base net has its own lr group:
     a run interrupted after its step-4 checkpoint and resumed ends bitwise equal to one that was not."""
     from pipelines.fit_diffusion import DiffusionRunConfig, DiffusionTrainer
-    from pipelines.fit_diffusion import train as train_diffusion
+    from pipelines.recipes import train as train_diffusion
 
     cfg = {"kind": "diffusion",
            "diffusion": {"token_size": 16, "d_model": 32, "layers": 1, "heads": 2, "timesteps": 50, "sample_steps": 1,

@@ -19,7 +19,7 @@ from pipelines.pbt import position
 from zoo.pbt import nearest
 from zoo import tasks
 from zoo.errors import ZooError
-from zoo.pbt import PBTSettings, initial_hyperparameters, temperature_coordinate
+from zoo.pbt import initial_hyperparameters, temperature_coordinate
 from zoo.spec import parse_spec
 from zoo.train import MemberConfig, Population, train_subset, validation_indices
 
