@@ -8,7 +8,7 @@
     params = ghn.predict(model, condition)    # every parameter of `model`, exact shapes (hypernet.ghn)
 
 Training (`hypernet train`) and the init benchmark (`hypernet eval`) are pipelines: pipelines.fit
-and pipelines.evaluate.
+and pipelines.benchmark.
 """
 from hypernet.api import load, load_hypernet, predict_init, reset_batchnorm
 from hypernet.conditions import ConditionSpec

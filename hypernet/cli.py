@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(a) -> int:
-    from pipelines.evaluate import compare, read_results
+    from pipelines.benchmark import compare, read_results
 
     table = compare([read_results(r) for r in a.results])
     print(table, end="")
@@ -85,7 +85,7 @@ def cmd_train(a) -> int:
 
 
 def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool) -> int:
-    from pipelines.evaluate import benchmark, summary_line
+    from pipelines.benchmark import benchmark, summary_line
 
     doc = benchmark(run, zoo, out=out, seeds=seeds, progress=not quiet)
     print(summary_line(doc))

@@ -365,7 +365,7 @@ def test_load_model_reproduces_the_row(built, zoo_name):
 def test_hypernet_trains_and_benchmarks_on_every_family(built, tmp_path):
     """One GHN over the four zoos (conditions name each zoo), then the init benchmark on each:
     classification and the PINN's rel_l2 (lower is better), BatchNorm nets, attention nets."""
-    from pipelines.evaluate import benchmark
+    from pipelines.benchmark import benchmark
     from pipelines.fit import HypernetConfig
     from pipelines.recipes import train
 

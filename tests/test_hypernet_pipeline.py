@@ -29,7 +29,7 @@ from pipelines.fit import HypernetConfig, Trainer, read_run
 from pipelines.recipes import load_config, train
 from pipelines.zoodata import held_out_cell, load_cells, make_split
 from pipelines.build import build
-from pipelines.evaluate import aggregate, benchmark, compare, eval_steps, markdown, speedup_bound, summarize
+from pipelines.benchmark import aggregate, benchmark, compare, eval_steps, markdown, speedup_bound, summarize
 from zoo import nets, store
 from zoo.errors import ZooError
 from zoo.spec import Collection, parse_spec
@@ -406,7 +406,7 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     assert (tmp_path / "res" / "results.json").exists()
     # the comparison table puts runs on the same cases side by side, and refuses other cases or seeds
     from hypernet.cli import main as hypernet_main
-    from pipelines.evaluate import compare, read_results
+    from pipelines.benchmark import compare, read_results
 
     other = json.loads((tmp_path / "res" / "results.json").read_text())
     other["hypernet"] = "copy"
@@ -479,7 +479,7 @@ def test_diffusion_refuses_mixed_families_and_bad_configs():
 
 
 def test_speedup_rule():
-    from pipelines.evaluate import _speedup
+    from pipelines.benchmark import speedup as _speedup
 
     assert _speedup(384, 0, 640) == 384.0  # at the target before any step: counted as one step
     assert _speedup(0, 0, 640) == 1.0  # random init at its own final score from the start

@@ -1,0 +1,256 @@
+"""The init benchmark's report: results.md, the comparison table of several runs on the same
+cases (`hypernet compare`), the curves as PNG, and the one-line summary `hypernet eval` prints.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from zoo.errors import ZooError
+from pipelines.benchmark.protocol import BOUNDS, speedup_bound
+
+MARKS = {"exact": "", "lower": "≥", "upper": "<", "mixed": "~", None: ""}
+
+
+MARK_LEGEND = ("≥ x: a lower bound (some seeds met the target at step 0, counted as one step, and none "
+               "missed it); < x: an upper bound (some seeds never met it, counted as all steps, and none "
+               "met it at step 0); ~ x: neither (some seeds met it at step 0, others never); no mark: exact")
+
+
+def speedup_cell(rec: dict, random_rec: dict) -> str:
+    """A generator's case speedup as printed in the tables: the bound mark, then the median."""
+    sp = rec.get("speedup")  # NaN in memory, null in results.json when no seed has a target
+    if sp is None or not math.isfinite(sp):
+        return "–"
+    kind = speedup_bound(random_rec["steps_to_target"], rec["steps_to_target"])
+    return f"{MARKS[kind]}{sp:.1f}"
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def machine_line(m: dict | None) -> str:
+    """One line naming the machine of a results.json (older files have none)."""
+    if not m:
+        return "machine not recorded"
+    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')} "
+            f"({m.get('cpu_capability', '?')}), {m.get('torch_threads', '?')} threads")
+
+
+def _bounds_note(counts: dict | None) -> str:
+    """E.g. "speedups: 2 exact, 1 ≥, 0 <, 1 ~" (older summaries have no counts: "")."""
+    if not counts:
+        return ""
+    return "speedups: " + ", ".join(f"{counts.get(k, 0)} {MARKS[k] or k}" for k in BOUNDS)
+
+
+def markdown(doc: dict) -> str:
+    s = doc["summary"]
+    bounds = s.get("speedup_bounds", {})
+    lines = [
+        f"# Init benchmark: {doc['hypernet']} ({doc.get('kind')})",
+        "",
+        f"Zoo `{doc['zoo']}`, seeds {doc['seeds']}; score = {doc['results'][0]['metric']} "
+        f"(mean over seeds). Speedup = steps for random init to reach its own final score / steps for "
+        f"the generator's init (median over seeds). Machine: {machine_line(doc.get('machine'))}.",
+        "",
+        f"Marks: {MARK_LEGEND}.",
+        "",
+        f"- median speedup, held-out cells: **{_fmt(s['median_speedup_cells'], 1)}** (goal ≥ 5); "
+        f"{s['at_target_from_step0']['cells']} of {s['n_cases']['cells']} cells at random init's final score "
+        f"from step 0" + (f"; {_bounds_note(bounds.get('cells'))}" if bounds else ""),
+        f"- median speedup, held-out architectures: **{_fmt(s['median_speedup_archs'], 1)}** (goal ≥ 2)"
+        + (f"; {_bounds_note(bounds.get('archs'))}" if bounds else ""),
+        f"- median final-score difference (hypernet − random): **{_fmt(s['final_acc_delta_median'])}** "
+        f"(seed-to-seed std of random's final score: {_fmt(s['seed_noise_final_std_median'])})",
+        f"- nearest zoo model, held-out cells: median speedup {_fmt(s['nearest_median_speedup_cells'], 1)}, "
+        f"final difference {_fmt(s['nearest_final_acc_delta_median_cells'])}"
+        + (f"; {_bounds_note(s.get('nearest_speedup_bounds_cells'))}" if s.get("nearest_speedup_bounds_cells") else ""),
+        "",
+        "| case | T | load | generator | step 0 | step 10 | step 100 | end | steps to target | speedup |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["results"]:
+        for g, rec in r["generators"].items():
+            steps = ", ".join("never" if x is None else str(x) for x in rec["steps_to_target"])
+            sp = "1" if g == "random" else speedup_cell(rec, r["generators"]["random"])
+            a = rec["at_step"]
+            lines.append(f"| {r['case']} | {r['temperature']:g} | {r['load']:g} | {g} | {_fmt(a['0'])} | "
+                         f"{_fmt(a['10'])} | {_fmt(a['100'])} | {_fmt(a['end'])} | {steps} / {r['steps_total']} | {sp} |")
+    mem = doc.get("memorization")
+    if mem and "nn_distance_ratio_median" in mem:
+        lines += ["", "Memorization audit (held-out cells; distances after canonicalization, divided by the "
+                  "distance between two trained seeds of a cell):", "",
+                  f"- generated nets, distance to the nearest training checkpoint: **{_fmt(mem['nn_distance_ratio_median'])}**"
+                  f" (goal ≥ 1: {'met' if mem.get('goal_not_closer_than_seeds') else 'not met'}; median of "
+                  f"{mem['samples_per_case']} samples per cell); prediction agreement with it "
+                  f"{_fmt(mem['agreement_with_nearest_median'])} (two trained seeds: {_fmt(mem['seed_agreement_median'])})",
+                  f"- baselines: a training checkpoint + 10% noise {_fmt(mem['baseline_trained_plus_noise_median'])}, "
+                  f"the average of a cell's members {_fmt(mem['baseline_cell_average_median'])}",
+                  f"- reference: the zoo's own trained members of the held-out cells (real training runs the "
+                  f"generator never saw) {_fmt(mem.get('reference_held_out_members_median'))}"]
+    if doc["summary"].get("unsupported"):
+        lines += ["", "Not produced by the generator: " + "; ".join(f"{k} ({v})" for k, v in
+                                                                    doc["summary"]["unsupported"].items())]
+    if doc.get("split_notes"):
+        lines += ["", "Notes: " + "; ".join(doc["split_notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def read_results(path: str | Path) -> dict:
+    """results.json of `hypernet eval` (a results folder or the file itself)."""
+    p = Path(path)
+    p = p / "results.json" if p.is_dir() else p
+    if not p.exists():
+        raise ZooError(f"{path}: no results.json; run `hypernet eval --hypernet RUN --out {path}` first")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ZooError(f"{p}: not valid JSON ({e})") from None
+    for k in ("summary", "results", "seeds", "hypernet"):
+        if k not in doc:
+            raise ZooError(f"{p}: field {k!r} missing; this is not a `hypernet eval` results.json")
+    return doc
+
+
+def compare(docs: list[dict]) -> str:
+    """One markdown table of several benchmark results on the same held-out cases (same zoo split and
+    seeds, which makes random init and the nearest zoo model identical across them): per case the
+    step-0 score, final-score difference to random and speedup of every generator, then the
+    summaries and goals, and the memorization audits of generators that have one."""
+    if not docs:
+        raise ZooError("compare: no results given")
+    names = [d["hypernet"] for d in docs]
+    if len(set(names)) != len(names):
+        raise ZooError(f"compare: two results have the same name ({', '.join(names)}); name them with --out")
+    cases = [r["case"] for r in docs[0]["results"]]
+    for d in docs[1:]:
+        if [r["case"] for r in d["results"]] != cases or d["seeds"] != docs[0]["seeds"]:
+            raise ZooError(f"compare: {d['hypernet']} was evaluated on other cases or seeds than {names[0]} "
+                           f"({[r['case'] for r in d['results']]}, seeds {d['seeds']} vs {cases}, seeds "
+                           f"{docs[0]['seeds']}); evaluate every run on the same zoo with the same --seeds")
+    base = docs[0]["results"]
+    metric = base[0]["metric"]
+    gens = [("random", None), *((n, i) for i, n in enumerate(names)), ("nearest", None)]
+    head = "| case | T | load | random final | " + " | ".join(
+        f"{g} step 0 / Δfinal / speedup" for g, _ in gens[1:]) + " |"
+    lines = [f"Same held-out cases, seeds {docs[0]['seeds']}; score = {metric}. Per generator: score at step 0, "
+             "final score minus random init's, speedup (steps of random init to its final score / the "
+             f"generator's, median over seeds). Marks: {MARK_LEGEND}.", ""]
+    machines = [d.get("machine") for d in docs]
+    if all(m == machines[0] for m in machines):
+        lines += [f"Machine: {machine_line(machines[0])}.", ""]
+    else:
+        lines += ["Machines differ (float32 training drifts apart across CPUs, kernels and thread counts, so "
+                  "differences of a few seed-noise widths may come from the machine, not the generator):", ""]
+        lines += [f"- {d['hypernet']}: {machine_line(m)}" for d, m in zip(docs, machines)] + [""]
+    lines += [head, "|" + "---|" * (4 + len(gens) - 1)]
+    for k, case in enumerate(cases):
+        r0 = base[k]
+        row = [case, f"{r0['temperature']:g}", f"{r0['load']:g}", _fmt(r0["generators"]["random"]["final"])]
+        for g, i in gens[1:]:
+            r = (docs[i] if i is not None else docs[0])["results"][k]
+            rec = r["generators"].get("hypernet" if i is not None else g)
+            if rec is None:
+                row.append("unsupported" if r.get("unsupported") else "–")
+                continue
+            row.append(f"{_fmt(rec['at_step']['0'])} / {rec['final_delta']:+.3f} / "
+                       f"{speedup_cell(rec, r['generators']['random'])}")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "| generator | median speedup, cells | median speedup, architectures | median Δfinal | "
+              "median step-0 score | goals met |", "|---|---|---|---|---|---|"]
+    s0 = docs[0]["summary"]
+    lines.append(f"| random | 1 | 1 | 0 | {_fmt(s0['step0_median']['random'])} | – |")
+    for d in docs:
+        s = d["summary"]
+        met = [k for k, v in s["goals"].items() if v]
+        lines.append(f"| {d['hypernet']} | {_fmt(s['median_speedup_cells'], 1)} | {_fmt(s['median_speedup_archs'], 1)} | "
+                     f"{_fmt(s['final_acc_delta_median'])} | {_fmt(s['step0_median']['hypernet'])} | "
+                     f"{len(met)} of {len(s['goals'])}{': ' + ', '.join(met) if met else ''} |")
+    lines.append(f"| nearest zoo model | {_fmt(s0['nearest_median_speedup_cells'], 1)} | – | "
+                 f"{_fmt(s0['nearest_final_acc_delta_median_cells'])} (cells) | {_fmt(s0['step0_median']['nearest'])} | – |")
+    for d in docs:
+        mem = d.get("memorization")
+        if mem and "nn_distance_ratio_median" in mem:
+            lines += ["", f"Memorization ({d['hypernet']}): nearest-training-checkpoint distance / seed distance "
+                      f"{_fmt(mem['nn_distance_ratio_median'])} (goal ≥ 1); checkpoint + 10% noise "
+                      f"{_fmt(mem['baseline_trained_plus_noise_median'])}, cell average "
+                      f"{_fmt(mem['baseline_cell_average_median'])}, the held-out cells' own trained members "
+                      f"{_fmt(mem.get('reference_held_out_members_median'))}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(doc: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"random": "#555555", "hypernet": "#d62728", "nearest": "#1f77b4"}
+    paths = []
+    for group in ("cells", "archs"):
+        rs = [r for r in doc["results"] if r["group"] == group]
+        if not rs:
+            continue
+        n = len(rs)
+        cols = min(n, 3)
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, r in zip(axes.flat, rs):
+            for g, rec in r["generators"].items():
+                steps = np.array(rec["curve_steps"], dtype=float)
+                vals = np.array(rec["curves"]).mean(0)
+                ax.plot(np.maximum(steps, 0.5), vals, color=colors.get(g, "k"), label=g, lw=1.5)
+            ax.set_xscale("log")
+            ax.axhline(r["generators"]["random"]["final"], color="#999999", ls=":", lw=1)
+            ax.set_title(f"{r['name']} ({r['temperature_param']} {r['temperature']:g}, "
+                         f"{r['load_param']} {r['load']:g})", fontsize=9)
+            ax.set_xlabel("SGD step (step 0 drawn at 0.5)")
+            ax.set_ylabel(r["metric"])
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=8)
+        title = "held-out cells" if group == "cells" else "held-out architectures"
+        fig.suptitle(f"{doc['hypernet']}: {title} (mean over seeds; dotted: random init's final score)")
+        fig.tight_layout()
+        p = out / f"curves-{group}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_outputs(doc: dict, out: Path) -> None:
+    """results.json, results.md and the curve PNGs, each written atomically."""
+    from zoo.store import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "results.json", json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
+    write_text_atomic(out / "results.md", markdown(doc))
+    plot_curves(doc, out)
+
+
+def _finite(x):
+    """NaN / inf -> None (JSON null), recursively: e.g. the score at step 100 of a run shorter than that."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def summary_line(doc: dict) -> str:
+    s = doc["summary"]
+    return (f"{doc['hypernet']}: median speedup {_fmt(s['median_speedup_cells'], 1)}x on held-out cells "
+            f"(goal 5), {_fmt(s['median_speedup_archs'], 1)}x on held-out architectures (goal 2); "
+            f"final {doc['results'][0]['metric']} vs random init {s['final_acc_delta_median']:+.3f} "
+            f"(seed noise {_fmt(s['seed_noise_final_std_median'])})")
