@@ -49,12 +49,12 @@ def train_bundle(spec_json: dict, populations: list[list[str]], bundle_id: str) 
             for epoch in spec.checkpoints:
                 ck = r.checkpoints[epoch]
                 prefix = f"{m.model_id}/{epoch}/"
-                rows.append(_row(spec, m, r, epoch, ck, n_params, bundle_id, prefix))
+                rows.append(model_row(spec, m, r, epoch, ck, n_params, bundle_id, prefix))
                 tensors.append((prefix, ck["state"]))
     return {"rows": rows, "tensors": tensors, "seconds": time.perf_counter() - t0}
 
 
-def _row(spec: ZooSpec, m: Member, r, epoch: int, ck: dict, n_params: int, bundle_id: str, prefix: str) -> dict:
+def model_row(spec: ZooSpec, m: Member, r, epoch: int, ck: dict, n_params: int, bundle_id: str, prefix: str) -> dict:
     tr, c = m.training, m.cell
     keep_flat = n_params <= spec.storage.flat_weights_max_params
     return {

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from ray import tune
 
-from pipelines.bundle import _row, member_configs
+from pipelines.bundle import member_configs, model_row
 from pipelines.plan import plan
 from zoo import nets, store, tasks
 from zoo.errors import ZooError
@@ -399,7 +399,7 @@ def experiment_rows(spec: ZooSpec, exp: Experiment, out: Path) -> tuple[list[dic
             result = SimpleNamespace(curves={k: v for k, v in rec["curves"].items() if not k.startswith("val_")},
                                      status=rec["status"], diverged_epoch=rec["diverged_epoch"])
             prefix = f"{m.model_id}/{rec['epoch']}/"
-            row = _row(spec, member, result, rec["epoch"], {"metrics": rec["metrics"], "state": state},
+            row = model_row(spec, member, result, rec["epoch"], {"metrics": rec["metrics"], "state": state},
                        n_params, exp.bundle_id, prefix)
             segs = rec["segments"]
             row.update(pbt_experiment=exp.name, parent_id=segs[-2]["member"] if len(segs) > 1 else None,

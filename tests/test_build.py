@@ -27,7 +27,7 @@ SPEC = tiny_spec("tiny_grid", compute={"max_members": 1}, training={"epochs": 3}
 
 
 def zoo_cmd(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", *args], capture_output=True, text=True, timeout=300, **kw)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -189,7 +189,7 @@ def _wait_for(cond, timeout=240.0, every=0.05):
 def test_killed_build_resumes_to_identical_rows(built, spec_file, tmp_path):
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zoo.cli", "build", "--config", str(spec_file), "--out", str(out), "--workers", "1", "--quiet"],
+        [sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(spec_file), "--out", str(out), "--workers", "1", "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     committed = lambda: list((out / "data/tiny_grid").glob("models-*.parquet")) if (out / "data/tiny_grid").exists() else []
@@ -209,7 +209,7 @@ def test_killed_build_resumes_to_identical_rows(built, spec_file, tmp_path):
 def test_dead_worker_is_retried(built, spec_file, tmp_path):
     out = tmp_path / "worker-killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zoo.cli", "build", "--config", str(spec_file), "--out", str(out), "--workers", "1", "--quiet"],
+        [sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(spec_file), "--out", str(out), "--workers", "1", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -287,7 +287,7 @@ def test_joins_an_existing_cluster(built, spec_file, tmp_path):
         assert start.returncode == 0, err
         assert _cluster_pids(pgid), "ray start left no process in its group"
         out = tmp_path / "on-cluster"
-        r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(spec_file), "--out", str(out),
+        r = subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(spec_file), "--out", str(out),
                             "--address", f"127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 0, r.stderr
         assert f"cluster 127.0.0.1:{port}" in " ".join(r.stderr.split())

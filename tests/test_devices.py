@@ -70,7 +70,7 @@ def test_place_resolves_overrides_and_asks_ray_for_gpu_shares(monkeypatch):
 def test_build_on_cuda_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
     spec = write_spec(tmp_path / "tiny.yaml", tiny_spec())
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(spec), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(spec), "--out", str(out),
                         "--device", "cuda"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("zoo: error: --device: 'cuda' requested") and "valid here: auto, cpu" in r.stderr

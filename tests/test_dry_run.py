@@ -11,7 +11,7 @@ from zoo.spec import parse_spec
 
 
 def _zoo(*args):
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_plan_summary_counts_and_size_by_hand():

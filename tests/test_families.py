@@ -262,7 +262,7 @@ def built(tmp_path_factory) -> Path:
     collection = d / "fam.yaml"
     collection.write_text(yaml.safe_dump({"name": "fam", "zoos": [f"zoos/{n}.yaml" for n in ZOOS]}))
     out = tmp_path_factory.mktemp("fam-zoo") / "fam"
-    r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(collection), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(collection), "--out", str(out),
                         "--workers", "2"], check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-5000:]
     return out

@@ -17,7 +17,7 @@ from zoo import store
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
 
 REPO = "zoo/phases"
-CLI = "import sys; from zoo.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from pipelines.zoo_cli import main; sys.exit(main(sys.argv[1:]))"
 METRICS = {"hessian": {"batches": 1, "batch_size": 128, "max_iter": 10, "probes": 10},
            "connectivity": {"epochs": 1, "points": 5}}
 
@@ -27,7 +27,7 @@ def _build(tmp: Path, name: str, widths: list[int]) -> Path:
                                  "load": {"param": "width", "values": widths}},
                      training={"epochs": 2}, checkpoints=[0, 2], metrics=METRICS)
     out = tmp / name
-    r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(write_spec(tmp / f"{name}.yaml", spec)),
+    r = subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(write_spec(tmp / f"{name}.yaml", spec)),
                         "--out", str(out), "--no-ray", "--quiet"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return out

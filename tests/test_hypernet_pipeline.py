@@ -231,7 +231,7 @@ def test_cli_predict_writes_the_init_and_errors_are_one_line(run_dir, tmp_path):
 
     spec.write_text(yaml.safe_dump(tiny_spec("hz", metrics={"enabled": False})))
     out = tmp_path / "init.safetensors"
-    cmd = [sys.executable, "-m", "hypernet.cli", "predict", "--hypernet", str(run_dir), "--config", str(spec),
+    cmd = [sys.executable, "-m", "pipelines.hypernet_cli", "predict", "--hypernet", str(run_dir), "--config", str(spec),
            "--width", "12", "--temperature", "64", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -271,7 +271,7 @@ def test_eval_steps_grid():
 
 def test_benchmark_end_to_end(zoo_dir, run_dir, tmp_path):
     out = tmp_path / "results"
-    r = subprocess.run([sys.executable, "-m", "hypernet.cli", "eval", "--hypernet", str(run_dir), "--zoo",
+    r = subprocess.run([sys.executable, "-m", "pipelines.hypernet_cli", "eval", "--hypernet", str(run_dir), "--zoo",
                         str(zoo_dir), "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "median speedup" in r.stdout
@@ -405,7 +405,7 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     assert mem["goal_not_closer_than_seeds"] == (mem["nn_distance_ratio_median"] >= 1)
     assert (tmp_path / "res" / "results.json").exists()
     # the comparison table puts runs on the same cases side by side, and refuses other cases or seeds
-    from hypernet.cli import main as hypernet_main
+    from pipelines.hypernet_cli import main as hypernet_main
     from pipelines.benchmark import compare, read_results
 
     other = json.loads((tmp_path / "res" / "results.json").read_text())

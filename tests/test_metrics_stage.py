@@ -33,7 +33,7 @@ SPEC = tiny_spec(
 
 
 def zoo_cmd(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, timeout=400)
+    return subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", *args], capture_output=True, text=True, timeout=400)
 
 
 @pytest.fixture(scope="module")

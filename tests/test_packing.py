@@ -78,7 +78,7 @@ def test_killed_sampled_packed_build_resumes_to_the_same_bytes(tmp_path):
     r = zoo_cmd("build", "--phase", "random", "--config", str(path), "--out", str(whole), "--workers", "2")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "build", "--phase", "random", "--config", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.zoo_cli", "build", "--phase", "random", "--config", str(path),
                              "--out", str(out), "--workers", "1", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     committed = lambda: list((out / "data/sampled").glob("models-*.parquet")) if (out / "data/sampled").exists() else []

@@ -100,7 +100,7 @@ def test_load_axis_and_optimizer_checks():
 def test_bad_pbt_spec_is_one_line_and_exit_2(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(with_changes(pbt_spec(), "pbt.metric", "test_acc")))
-    r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(path), "--out", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(path), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "bad.yaml: pbt.metric" in r.stderr, r.stderr
@@ -184,7 +184,7 @@ def test_checkpointed_and_retuned_training_equals_continuous(optimizer):
 
 # ---- a tiny PBT zoo on Ray Tune (slow: a local Ray) ----------------------------------------
 def zoo(*args, cwd=ROOT, **kw):
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True, cwd=cwd, **kw)
+    return subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", *args], capture_output=True, text=True, cwd=cwd, **kw)
 
 
 def wait_for(cond, timeout=240.0, every=0.2) -> bool:
@@ -342,7 +342,7 @@ def test_pbt_build_killed_resumes_with_tune_restore_and_survives_a_killed_worker
     out = tmp_path / "out"
     rows_dir = out / ".pbt/tiny_pbt/rows/tiny_pbt-s0-L0"
     n_rows = lambda: len(list(rows_dir.glob("*.json"))) if rows_dir.exists() else 0
-    cmd = [sys.executable, "-m", "zoo.cli", "build", "--config", str(path), "--out", str(out), "--workers", "2",
+    cmd = [sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(path), "--out", str(out), "--workers", "2",
            "--quiet", "--no-metrics"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     assert wait_for(lambda: n_rows() >= 8)

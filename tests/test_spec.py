@@ -299,7 +299,7 @@ def test_collection_error_in_member_spec_names_that_file(tmp_path):
 # ---- the CLI ---------------------------------------------------------------------------------
 def _zoo(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "zoo.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pipelines.zoo_cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 
@@ -350,7 +350,7 @@ def test_bad_task_argument_value_fails_before_writing(tmp_path):
     spec["axes"]["load"]["values"] = [1.0, -2.0]
     path = _write(tmp_path / "bad_beta.yaml", spec)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "zoo.cli", "build", "--config", str(path), "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "pipelines.zoo_cli", "build", "--config", str(path), "--out", str(out)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "pinn_convection" in r.stderr and "beta" in r.stderr and "-2.0" in r.stderr

@@ -4,7 +4,8 @@
     hypernet predict --hypernet runs/ghn --config configs/zoos/mlp_mnist1d.yaml --width 48 --out init.safetensors
     hypernet eval --hypernet runs/ghn --zoo build/phases [--out results/ghn]
 
-User mistakes print one line `hypernet: error: ...` and exit with code 2.
+User mistakes print one line `hypernet: error: ...` and exit with code 2. It lives in pipelines,
+not in the hypernet library, because it calls the pipelines (hypernet_train, recipes, benchmark).
 """
 from __future__ import annotations
 

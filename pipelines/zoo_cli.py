@@ -1,5 +1,8 @@
 """`zoo build | metrics | plot | push | info | verify | replay`: the command line of the dataset builder.
 
+It lives in pipelines, not in the zoo library, because it calls the pipelines (imports flow down:
+the CLI -> pipelines -> zoo).
+
 User mistakes print one line `zoo: error: ...` and exit with code 2; `verify` exits 1 when the
 folder does not match its manifest.
 """
