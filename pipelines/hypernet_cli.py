@@ -143,15 +143,11 @@ def cmd_predict(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        return {"train": cmd_train, "predict": cmd_predict, "eval": cmd_eval, "compare": cmd_compare}[a.cmd](a)
-    except ZooError as e:
-        print(f"hypernet: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("hypernet: interrupted; `hypernet train --resume` continues from the last checkpoint", file=sys.stderr)
-        return 130
+    from pipelines.zoo_cli import run_command
+
+    return run_command("hypernet", _parser(), {"train": cmd_train, "predict": cmd_predict, "eval": cmd_eval,
+                                               "compare": cmd_compare}, argv,
+                       "`hypernet train --resume` continues from the last checkpoint")
 
 
 if __name__ == "__main__":

@@ -225,17 +225,26 @@ def cmd_replay(a) -> int:
     return 0 if same else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
+def run_command(prog: str, parser: argparse.ArgumentParser, commands: dict, argv: list[str] | None,
+                interrupted: str) -> int:
+    """Parse argv, run the chosen command; a user mistake (ZooError) is one line `<prog>: error: ...`
+    and its exit code (2), Ctrl-C is `<prog>: interrupted; <interrupted>` and 130. Both CLIs use it."""
+    a = parser.parse_args(argv)
     try:
-        return {"build": cmd_build, "metrics": cmd_metrics, "plot": cmd_plot, "push": cmd_push, "info": cmd_info,
-                "verify": cmd_verify, "replay": cmd_replay}[a.cmd](a)
+        return commands[a.cmd](a)
     except ZooError as e:
-        print(f"zoo: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("zoo: interrupted; finished bundles are kept, rerun the same command to resume", file=sys.stderr)
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("zoo", _parser(), {"build": cmd_build, "metrics": cmd_metrics, "plot": cmd_plot,
+                                          "push": cmd_push, "info": cmd_info, "verify": cmd_verify,
+                                          "replay": cmd_replay}, argv,
+                       "finished bundles are kept, rerun the same command to resume")
 
 
 if __name__ == "__main__":
