@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.nets import NORMS, reset_norm
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 __all__ = ["LAYERS", "hadamard", "lsuv", "orthogonal", "selection_indices", "weight_selection", "zero"]
@@ -35,13 +36,8 @@ def _layers(net: nn.Module) -> list[nn.Module]:
 
 def _norms(net: nn.Module) -> None:
     for m in net.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.reset_running_stats()
-            if m.weight is not None:
-                m.weight.fill_(1.0)
-            if m.bias is not None:
-                m.bias.zero_()
+        if isinstance(m, NORMS):
+            reset_norm(m)  # as zoo.nets.init_ does
 
 
 @torch.no_grad()

@@ -71,6 +71,20 @@ def build(family: str, task=None, *, input_shape=None, n_classes=None, **kw) -> 
     return net
 
 
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+
+
+@torch.no_grad()
+def reset_norm(m: nn.Module) -> None:
+    """A BatchNorm / LayerNorm at its init: weight 1, bias 0, running statistics reset."""
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        m.reset_running_stats()
+    if m.weight is not None:
+        m.weight.fill_(1.0)
+    if m.bias is not None:
+        m.bias.zero_()
+
+
 @torch.no_grad()
 def init_(net: nn.Module, seed: int, scheme: str = "kaiming_uniform") -> nn.Module:
     """Initialize every parameter in place from `seed` alone, so a member's init is the same in
@@ -95,13 +109,8 @@ def init_(net: nn.Module, seed: int, scheme: str = "kaiming_uniform") -> nn.Modu
                 if m.bias is not None:
                     bound = 1 / m.weight[0].numel() ** 0.5
                     nn.init.uniform_(m.bias, -bound, bound, generator=g)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.reset_running_stats()
-            if m.weight is not None:
-                m.weight.fill_(1.0)
-            if m.bias is not None:
-                m.bias.zero_()
+        elif isinstance(m, NORMS):
+            reset_norm(m)
         else:  # embeddings and parameters held directly by a module (e.g. pos_embed)
             for p in m.parameters(recurse=False):
                 nn.init.normal_(p, std=0.02, generator=g)
@@ -112,7 +121,7 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["build", "init_", "knobs", "names", "n_params", "NETS"]
+__all__ = ["build", "init_", "knobs", "names", "n_params", "NETS", "NORMS", "reset_norm"]
 
 
 def names() -> list[str]:
