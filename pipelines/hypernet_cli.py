@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--hypernet", required=True, help="run folder of `hypernet train`")
     e.add_argument("--zoo", default="build/phases", help="the zoo it was trained on (default: build/phases)")
     e.add_argument("--out", help="results folder (default: results/<run folder name>)")
-    e.add_argument("--seeds", type=int, nargs="+", help="seeds per case (default: the zoo's first two)")
+    e.add_argument("--seeds", type=int, nargs="+", help="seeds per case (default: 5, the zoo's member seeds first)")
+    e.add_argument("--threads", type=int, help="torch threads to train with (default: torch's, one per core); "
+                   "results.json records it")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     c = sub.add_parser("compare", help="one table of several `hypernet eval` results on the same held-out cases")
     c.add_argument("results", nargs="+", help="results folders (or results.json files) of `hypernet eval`")
@@ -85,8 +87,17 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool) -> int:
+def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | None = None) -> int:
+    import torch
+
     from pipelines.benchmark import benchmark, summary_line
+
+    if seeds is not None and (len(set(seeds)) != len(seeds) or min(seeds) < 0):
+        raise ZooError(f"--seeds {' '.join(map(str, seeds))}: seeds must be distinct non-negative integers")
+    if threads is not None:
+        if threads < 1:
+            raise ZooError(f"--threads {threads}: must be at least 1")
+        torch.set_num_threads(threads)
 
     doc = benchmark(run, zoo, out=out, seeds=seeds, progress=not quiet)
     print(summary_line(doc))
@@ -96,7 +107,7 @@ def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool) -> int:
 
 def cmd_eval(a) -> int:
     run = Path(a.hypernet)
-    return _eval(run, Path(a.zoo), Path(a.out or f"results/{run.name}"), a.seeds, a.quiet)
+    return _eval(run, Path(a.zoo), Path(a.out or f"results/{run.name}"), a.seeds, a.quiet, a.threads)
 
 
 def cmd_predict(a) -> int:

@@ -160,7 +160,7 @@ class ArchCase:
     """A held-out architecture, benchmarked at one point of its zoo's plane."""
 
     zoo: str
-    name: str  # "between" | "wider" | "deeper"
+    name: str  # one of ARCH_VARIANTS
     arch: dict
     temperature: float
     load: float
@@ -194,41 +194,94 @@ def _buildable(cell: ZooCell, arch: dict) -> str | None:
     return None
 
 
+ARCH_VARIANTS = ("between", "narrower", "wider", "shallower", "deeper", "activation", "depth-x-width")
+UNSEEN_ACTIVATIONS = ("tanh", "gelu", "silu", "relu")  # the first one the zoo does not use is held out
+
+
 def _arch_cases(cells: list[ZooCell], notes: list[str]) -> list[ArchCase]:
-    """Per zoo: a width between two trained widths, one wider than any, and one layer deeper, each
-    trained with the hyperparameters of the middle temperature of the zoo's plane."""
+    """Per zoo, architectures no member has (ARCH_VARIANTS), each trained with the hyperparameters
+    of a cell at the middle temperature of the zoo's plane:
+
+    - between: a width in the widest gap between trained widths (its geometric middle);
+      narrower: half the narrowest trained width; wider: twice the widest;
+    - shallower / deeper: one hidden layer fewer than the shallowest member / more than the deepest;
+    - activation: the zoo's architecture with an activation no member has (tanh for a ReLU zoo);
+    - depth-x-width: with sampled architectures, a (depth, width) pair whose depth and width both
+      occur in the zoo but never together; with one architecture, the deeper depth at the between
+      width (both unseen).
+
+    A variant the family cannot build (no depth knob, depth below 0, ...) is skipped with a note."""
     out = []
     for zoo in sorted({c.zoo for c in cells}):
         zc = [c for c in cells if c.zoo == zoo]
         temps = sorted({c.temperature for c in zc})
         t_mid = temps[len(temps) // 2]
+        mid_cells = [c for c in zc if c.temperature == t_mid]
+        family = zc[0].arch["family"]
+        knobs = nets.knobs(family)
         widths = sorted({c.arch["width"] for c in zc if "width" in c.arch})
+        depths = sorted({c.arch["depth"] for c in zc if "depth" in c.arch})
         by_width: dict = {}
-        for c in zc:  # the first cell (plan order) of each width at the middle temperature
-            if c.temperature == t_mid:
-                by_width.setdefault(c.arch.get("width"), c)
+        for c in mid_cells:  # the first cell (plan order) of each width at the middle temperature
+            by_width.setdefault(c.arch.get("width"), c)
         load_is_width = zc[0].load_param == "width"
+
+        def ref_of(depth=None, width=None) -> ZooCell:
+            """The middle-temperature cell closest to (depth, width): same depth first, then width."""
+            def key(c):
+                d = abs(c.arch.get("depth", 0) - depth) if depth is not None else 0
+                w = abs(math.log(c.arch["width"] / width)) if width and "width" in c.arch else 0
+                return (d, w, c.cell)
+            return min(mid_cells, key=key)
+
         variants: list[tuple[str, dict, ZooCell]] = []
+        mid = None
         if len(widths) >= 2:
             # the widest gap (ratio) between neighbouring trained widths; its geometric middle
             lo, hi = max(zip(widths, widths[1:]), key=lambda p: (p[1] / p[0], -p[0]))
-            mid = int(round(math.sqrt(lo * hi)))
-            if lo < mid < hi:
-                variants.append(("between", {**by_width[lo].arch, "width": mid}, by_width[lo]))
+            m = int(round(math.sqrt(lo * hi)))
+            if lo < m < hi:
+                mid = m
+                variants.append(("between", {**by_width[lo].arch, "width": m}, by_width[lo]))
+        if widths:
+            if widths[0] >= 2:
+                variants.append(("narrower", {**by_width[widths[0]].arch, "width": widths[0] // 2}, by_width[widths[0]]))
             variants.append(("wider", {**by_width[widths[-1]].arch, "width": 2 * widths[-1]}, by_width[widths[-1]]))
-        elif "width" in zc[0].arch:
-            base = by_width[widths[0]]
-            variants.append(("wider", {**base.arch, "width": 2 * widths[0]}, base))
         else:
-            notes.append(f"{zoo}: the architecture has no width knob; no between/wider architectures")
-        if "depth" in zc[0].arch:
-            ref = by_width.get(widths[len(widths) // 2]) if widths else next(c for c in zc if c.temperature == t_mid)
-            deepest = max(c.arch["depth"] for c in zc)  # with sampled architectures: a depth no member has
-            if ref.arch["depth"] != deepest:
-                ref = next(c for c in zc if c.temperature == t_mid and c.arch["depth"] == deepest)
-            variants.append(("deeper", {**ref.arch, "depth": deepest + 1}, ref))
+            notes.append(f"{zoo}: the architecture has no width knob; no between/narrower/wider architectures")
+        if depths:
+            w_mid = widths[len(widths) // 2] if widths else None
+            shallow, deep = depths[0] - 1, depths[-1] + 1
+            if shallow >= 0:
+                ref = ref_of(depths[0], w_mid)
+                variants.append(("shallower", {**ref.arch, "depth": shallow}, ref))
+            else:
+                notes.append(f"{zoo}: its shallowest members have depth 0; no shallower architecture")
+            ref = ref_of(depths[-1], w_mid)
+            variants.append(("deeper", {**ref.arch, "depth": deep}, ref))
+            seen = {(c.arch["depth"], c.arch.get("width")) for c in zc}
+            if widths and len(depths) > 1:
+                unseen = [(d, w) for d in depths for w in widths if (d, w) not in seen]
+                if unseen:  # the pair nearest the middle of the zoo's depths and widths
+                    d, w = min(unseen, key=lambda p: (abs(p[0] - depths[len(depths) // 2]),
+                                                      abs(math.log(p[1] / w_mid)), p))
+                    ref = ref_of(d, w)
+                    variants.append(("depth-x-width", {**ref.arch, "depth": d, "width": w}, ref))
+                else:
+                    notes.append(f"{zoo}: every (depth, width) pair of its members occurs; no depth-x-width architecture")
+            elif widths and mid is not None:
+                ref = by_width[lo]
+                variants.append(("depth-x-width", {**ref.arch, "depth": deep, "width": mid}, ref))
         else:
-            notes.append(f"{zoo}: the architecture has no depth knob; no deeper architecture")
+            notes.append(f"{zoo}: the architecture has no depth knob; no shallower/deeper architecture")
+        if "activation" in knobs:
+            used = {c.arch.get("activation", knobs["activation"]) for c in zc}
+            act = next((a for a in UNSEEN_ACTIVATIONS if a not in used), None)
+            if act:
+                ref = ref_of(depths[len(depths) // 2] if depths else None, widths[len(widths) // 2] if widths else None)
+                variants.append(("activation", {**ref.arch, "activation": act}, ref))
+        else:
+            notes.append(f"{zoo}: family {family} has no activation knob; no activation architecture")
         for name, arch, ref in variants:
             why = _buildable(ref, arch)
             if why:

@@ -399,7 +399,8 @@ def test_hypernet_trains_and_benchmarks_on_every_family(built, tmp_path):
     assert set(by_zoo) == set(ZOOS)
     pinn = by_zoo["fam_pinn"]
     assert all(r["metric"] == "test_rel_l2" and r["higher_is_better"] is False for r in pinn)
-    assert {r["name"] for r in pinn if r["group"] == "archs"} == {"wider", "deeper"}  # one width: no "between"
+    # one width: no "between" (nor "depth-x-width", which needs it); no activation knob
+    assert {r["name"] for r in pinn if r["group"] == "archs"} == {"narrower", "wider", "shallower", "deeper"}
     assert all(r["metric"] == "test_acc" for z in ("fam_resnet", "fam_vit", "fam_gpt") for r in by_zoo[z])
     # ViT/GPT widths 8 and 16: the between width 11 is not divisible by 2 heads, so it is skipped with a note
     assert any("fam_vit: held-out architecture between" in n for n in doc["split_notes"])

@@ -39,15 +39,21 @@ from pathlib import Path
 import numpy as np
 
 from hypernet.api import condition_for, predict_params, reset_batchnorm
+from hypernet import baselines
 from hypernet.conditions import ConditionSpec
 from hypernet.generators import kind_of
+from pipelines.benchmark.stats import bootstrap_ci, median_of_medians
 from pipelines.zoodata import ZooCell
 from zoo import nets
 from zoo.errors import ZooError
 from zoo.train import MemberConfig, Population
 
 
-GENERATORS = ("random", "hypernet", "nearest")
+BASELINES = ("nearest", "weight_selection", "lsuv", "zero", "orthogonal")
+GENERATORS = ("random", "hypernet", *BASELINES)
+DEFAULT_SEEDS = 5
+LSUV_BATCH = 256  # training inputs LSUV scales its layers on
+BUDGET_FRACTIONS = {"1%": 0.01, "10%": 0.10}  # score after these fractions of the step budget
 
 
 @dataclass
@@ -67,10 +73,17 @@ class Case:
                 "load_param": self.cell.load_param, "load": self.load, "hyperparameters_of": self.cell.cell}
 
 
+def budget_step(total: int, fraction: float) -> int:
+    """The step after `fraction` of the budget (at least step 1)."""
+    return max(1, int(round(fraction * total)))
+
+
 def eval_steps(total: int, per_epoch: int, ratio: float = 1.15) -> list[int]:
-    """Steps at which the score is measured: 0, 10, 100, every epoch end, and a geometric grid."""
+    """Steps at which the score is measured: 0, 10, 100, 1% and 10% of the budget, every epoch end,
+    and a geometric grid."""
     s = {0, total, *range(per_epoch, total + 1, per_epoch)}
     s |= {k for k in (10, 100) if k <= total}
+    s |= {budget_step(total, f) for f in BUDGET_FRACTIONS.values()}
     x = 1.0
     while x <= total:
         s.add(int(round(x)))
@@ -102,40 +115,110 @@ def score_name(metrics: dict) -> tuple[str, bool]:
     return ("acc", True) if "acc" in metrics else ("rel_l2", False)
 
 
+def larger_cell(case: Case, train_cells: list[ZooCell], spec: ConditionSpec) -> ZooCell | None:
+    """The source of weight selection: the training cell of the same zoo whose architecture is
+    larger than the case's (every tensor of the case's net exists in it, each dimension at least as
+    large, one larger) and at least as deep (a net without hidden layers only from one without),
+    nearest in normalized condition, then the fewest parameters. None when the zoo has no larger net."""
+    small = {k: tuple(v.shape) for k, v in case.cell.build(case.arch).state_dict().items()}
+    depth = case.arch.get("depth")
+    shapes: dict[str, dict | None] = {}
+    v = spec.vector(case.zoo, case.temperature, case.load)
+    found = []
+    for c in train_cells:
+        if c.zoo != case.zoo or not c.rows or c.arch.get("family") != case.arch.get("family"):
+            continue
+        if depth is not None and (c.arch.get("depth", 0) < depth or (depth == 0) != (c.arch.get("depth", 0) == 0)):
+            continue
+        key = repr(sorted(c.arch.items()))
+        if key not in shapes:
+            big = {k: tuple(t.shape) for k, t in c.build().state_dict().items()}
+            ok = set(small) <= set(big) and all(
+                len(big[k]) == len(s) and all(b >= d for b, d in zip(big[k], s)) for k, s in small.items())
+            shapes[key] = big if ok and any(big[k] != s for k, s in small.items()) else None
+        big = shapes[key]
+        if big is not None:
+            n = sum(math.prod(s) for s in big.values())
+            found.append((float((spec.vector(c.zoo, c.temperature, c.load) - v).norm()), n, c.cell, c))
+    return min(found, key=lambda f: f[:3])[3] if found else None
+
+
+def baseline_states(name: str, case: Case, seeds: list[int], train_cells: list[ZooCell], spec: ConditionSpec,
+                    zoo_root: Path, task) -> tuple[list[dict], str | None]:
+    """One init per seed from baseline `name` (see BASELINES) and the zoo cell it drew weights from
+    (nearest / weight selection), or a ZooError saying why the baseline has nothing for this case.
+
+    nearest: the final weights of the nearest training cell of the same architecture (its members
+    in turn over the seeds); weight_selection: hypernet.baselines.weight_selection from the members
+    of larger_cell; lsuv: orthonormal then unit output variance per layer on the first LSUV_BATCH
+    training inputs, seeded; zero: ZerO (deterministic: one init, the seeds differ in data order);
+    orthogonal: orthogonal weights with the ReLU gain, seeded."""
+    cell = case.cell
+    build = lambda: cell.build(case.arch)  # noqa: E731
+    if name == "nearest":
+        near = nearest_cell(case, train_cells, spec)
+        if near is None:
+            raise ZooError("no training cell has this architecture")
+        st = near.states(zoo_root)
+        return [st[i % len(st)] for i in range(len(seeds))], near.cell
+    if name == "weight_selection":
+        src = larger_cell(case, train_cells, spec)
+        if src is None:
+            raise ZooError("the zoo has no larger trained net to select from")
+        st = src.states(zoo_root)
+        return [baselines.weight_selection(build(), st[i % len(st)]).state_dict() for i in range(len(seeds))], src.cell
+    if name == "lsuv":
+        x = task.x_train[:LSUV_BATCH]
+        return [baselines.lsuv(build(), x, seed=s).state_dict() for s in seeds], None
+    if name == "zero":
+        st = baselines.zero(build()).state_dict()
+        return [st for _ in seeds], None
+    if name == "orthogonal":
+        return [baselines.orthogonal(build(), seed=s).state_dict() for s in seeds], None
+    raise ZooError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
+
+
 def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], zoo_root: Path,
-             seeds: list[int], generator_name: str = "hypernet", samples: int = 1) -> dict:
-    """Train every generator's init on one case; curves and the measures above, per seed."""
+             seeds: list[int], generator_name: str = "hypernet", samples: int = 1,
+             baseline_names: tuple[str, ...] = BASELINES) -> dict:
+    """Train every generator's init on one case; curves and the measures above, per seed. `ghn`
+    None benchmarks the baselines alone."""
     cell = case.cell
     task = cell.load_task()
     common = dict(cell.training)
     template = cell.build(case.arch)
     states, members, labels = [], [], []
+    unsupported: dict[str, str] = {}
     # (a) random: the zoo's own init scheme and seeds
     for s in seeds:
         states.append(nets.init_(cell.build(case.arch), s, cell.init).state_dict())
         labels.append(("random", s))
     # (b) the generator's prediction (one per case: the condition does not depend on the seed)
-    cond, resolved = condition_for(ghn, template, zoo=case.zoo, temperature=case.temperature, load=case.load)
-    unsupported = None
-    try:
-        params = predict_params(ghn, template, cond, zoo=case.zoo, n=samples, seed=0)
-    except ZooError as e:  # e.g. a diffusion generator asked for a depth it has no statistics for
-        unsupported = str(e)
-    if unsupported is None:
-        pred = cell.build(case.arch)
-        pred.load_state_dict({**pred.state_dict(), **{k: v.detach() for k, v in params.items()}})
-        if kind_of(ghn).samples:  # sampled nets get BatchNorm statistics of the training data
-            reset_batchnorm(pred, task.x_train[:512])
-        for s in seeds:
-            states.append(pred.state_dict())
-            labels.append((generator_name, s))
-    # (c) the nearest training cell's trained members (same architecture only)
-    near = nearest_cell(case, train_cells, spec)
-    if near is not None:
-        near_states = near.states(zoo_root)
-        for i, s in enumerate(seeds):
-            states.append(near_states[i % len(near_states)])
-            labels.append(("nearest", s))
+    resolved = None
+    if ghn is not None:
+        cond, resolved = condition_for(ghn, template, zoo=case.zoo, temperature=case.temperature, load=case.load)
+        try:
+            params = predict_params(ghn, template, cond, zoo=case.zoo, n=samples, seed=0)
+        except ZooError as e:  # e.g. a diffusion generator asked for a depth it has no statistics for
+            unsupported[generator_name] = str(e)
+        else:
+            pred = cell.build(case.arch)
+            pred.load_state_dict({**pred.state_dict(), **{k: v.detach() for k, v in params.items()}})
+            if kind_of(ghn).samples:  # sampled nets get BatchNorm statistics of the training data
+                reset_batchnorm(pred, task.x_train[:512])
+            for s in seeds:
+                states.append(pred.state_dict())
+                labels.append((generator_name, s))
+    # (c) the baselines
+    sources: dict[str, str | None] = {}
+    for b in baseline_names:
+        try:
+            got, sources[b] = baseline_states(b, case, seeds, train_cells, spec, zoo_root, task)
+        except (ZooError, ValueError) as e:
+            unsupported[b] = str(e)
+            continue
+        states += got
+        labels += [(b, s) for s in seeds]
     for g, s in labels:
         members.append(MemberConfig(f"{g}/{s}", s, float(common["lr"]), float(common["weight_decay"]),
                                     float(common["label_noise"])))
@@ -158,8 +241,8 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
         pop.train_epoch(epoch, on_step=on_step)
     out = {**case.summary(), "metric": f"test_{metric}", "higher_is_better": higher, "steps_total": total,
            "steps_per_epoch": per_epoch, "epochs": epochs, "condition": resolved,
-           "nearest_cell": near.cell if near is not None else None, "generators": {},
-           "unsupported": {generator_name: unsupported} if unsupported else {}}
+           "nearest_cell": sources.get("nearest"), "sources": {k: v for k, v in sources.items() if v},
+           "generators": {}, "unsupported": unsupported}
     finals_a = {s: curves[labels.index(("random", s))][-1][1] for s in seeds}
     for g in dict.fromkeys(lab[0] for lab in labels):
         per_seed = []
@@ -232,7 +315,8 @@ def measures(curve: list[tuple[int, float]], target: float, higher: bool, total:
         return vals[steps.index(step)] if step in steps else float("nan")
 
     reached = next((s for s, v in curve if (v >= target if higher else v <= target)), None)
-    return {"at_step": {"0": at(0), "10": at(10), "100": at(100), "end": vals[-1]}, "final": vals[-1],
+    budget = {k: at(budget_step(total, f)) for k, f in BUDGET_FRACTIONS.items()}
+    return {"at_step": {"0": at(0), "10": at(10), "100": at(100), **budget, "end": vals[-1]}, "final": vals[-1],
             "steps_to_target": reached, "target": target, "diverged_epoch": diverged}
 
 
@@ -241,25 +325,95 @@ def median(xs: list[float]) -> float | None:
     return float(np.median(xs)) if xs else None
 
 
+def _per_seed(results: list[dict], group: str | None, g: str, value) -> list[list[float]]:
+    """Per case of `group` (None: every case) where generator g ran: value(rec, i) for each seed i."""
+    out = []
+    for r in results:
+        if (group is None or r["group"] == group) and g in r["generators"]:
+            rec = r["generators"][g]
+            out.append([value(rec, r, i) for i in range(len(rec["per_seed"]))])
+    return out
+
+
+def _speedups(rec, r, i):
+    return rec["speedup_per_seed"][i]
+
+
+def _final_delta(rec, r, i):
+    return rec["per_seed"][i]["final"] - r["generators"]["random"]["per_seed"][i]["final"]
+
+
+def _at(key):
+    return lambda rec, r, i: rec["per_seed"][i]["at_step"].get(key)
+
+
+def _stat(groups: list[list[float]]) -> tuple[float | None, list[float] | None]:
+    return median_of_medians(groups), bootstrap_ci(groups)
+
+
+def generator_summary(results: list[dict], g: str) -> dict:
+    """One generator's medians over cases (of the per-case medians over seeds) with bootstrap 95%
+    intervals over cases and seeds: speedup on held-out cells and architectures, final-score
+    difference to random init, and the score after 1% / 10% of the budget; also per zoo."""
+    out: dict = {"generator": g, "n_cases": {grp: len(_per_seed(results, grp, g, _speedups)) for grp in ("cells", "archs")}}
+    for grp in ("cells", "archs"):
+        out[f"median_speedup_{grp}"], out[f"median_speedup_{grp}_ci"] = _stat(_per_seed(results, grp, g, _speedups))
+    out["final_acc_delta_median"], out["final_acc_delta_median_ci"] = _stat(_per_seed(results, None, g, _final_delta))
+    for grp in ("cells", "archs"):
+        out[f"final_acc_delta_median_{grp}"] = median_of_medians(_per_seed(results, grp, g, _final_delta))
+    for k in ("0", *BUDGET_FRACTIONS):
+        name = "step0" if k == "0" else "budget_" + k.rstrip("%") + "pct"
+        for grp in ("cells", "archs"):
+            out[f"score_{name}_{grp}"], out[f"score_{name}_{grp}_ci"] = _stat(_per_seed(results, grp, g, _at(k)))
+    out["per_zoo"] = {}
+    for zoo in sorted({r["zoo"] for r in results}):
+        rz = [r for r in results if r["zoo"] == zoo]
+        z = {}
+        for grp in ("cells", "archs"):
+            z[f"median_speedup_{grp}"], z[f"median_speedup_{grp}_ci"] = _stat(_per_seed(rz, grp, g, _speedups))
+        z["final_acc_delta_median"] = median_of_medians(_per_seed(rz, None, g, _final_delta))
+        out["per_zoo"][zoo] = z
+    return out
+
+
+def ratio_to(results: list[dict], g: str, base: str, group: str = "archs") -> tuple[float | None, list[float] | None]:
+    """Median over the cases of `group` where both ran of the per-case median over seeds of
+    speedup(g) / speedup(base) (both against the same random-init target, so the ratio is
+    steps(base) / steps(g)), with its bootstrap interval."""
+    groups = []
+    for r in results:
+        if r["group"] == group and g in r["generators"] and base in r["generators"]:
+            a, b = r["generators"][g]["speedup_per_seed"], r["generators"][base]["speedup_per_seed"]
+            groups.append([x / y for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y) and y > 0])
+    return _stat(groups)
+
+
 def summarize(results: list[dict], generator: str) -> dict:
-    def med(group, key, g=generator):
-        return median([r["generators"][g][key] for r in results if r["group"] == group and g in r["generators"]])
+    """The summary of a results.json: the generator's medians and intervals (generator_summary),
+    the best baseline on held-out architectures and the ratio to it, the seed noise, the bound
+    counts, the goals, and `by_generator`: the same summary for random init and every baseline."""
+    present = list(dict.fromkeys(g for r in results for g in r["generators"]))
+    by_gen = {g: generator_summary(results, g) for g in present}
+    s = dict(by_gen.get(generator) or generator_summary(results, generator))
 
     noise = median([float(np.std([p["final"] for p in r["generators"]["random"]["per_seed"]]))
-                     for r in results])
-    s = {
-        "generator": generator,
-        "median_speedup_cells": med("cells", "speedup"),
-        "median_speedup_archs": med("archs", "speedup"),
-        "final_acc_delta_median": median([r["generators"][generator]["final_delta"] for r in results
-                                           if generator in r["generators"]]),
-        "final_acc_delta_median_cells": med("cells", "final_delta"),
-        "final_acc_delta_median_archs": med("archs", "final_delta"),
+                    for r in results])
+    ranked = [(by_gen[b]["median_speedup_archs"], b) for b in BASELINES
+              if b in by_gen and by_gen[b]["median_speedup_archs"] is not None]
+    best = max(ranked)[1] if ranked else None
+    ratio, ratio_ci = ratio_to(results, generator, best) if best else (None, None)
+    seeds = sorted({len(r["generators"]["random"]["per_seed"]) for r in results})
+    s.update({
+        "seeds": seeds[0] if len(seeds) == 1 else seeds,
+        "best_baseline": best,
+        "best_baseline_median_speedup_archs": by_gen[best]["median_speedup_archs"] if best else None,
+        "ratio_to_best_baseline_archs": ratio,
+        "ratio_to_best_baseline_archs_ci": ratio_ci,
         "seed_noise_final_std_median": noise,
-        "nearest_median_speedup_cells": med("cells", "speedup", "nearest"),
-        "nearest_final_acc_delta_median_cells": med("cells", "final_delta", "nearest"),
+        "nearest_median_speedup_cells": (by_gen.get("nearest") or {}).get("median_speedup_cells"),
+        "nearest_final_acc_delta_median_cells": (by_gen.get("nearest") or {}).get("final_acc_delta_median_cells"),
         "step0_median": {g: median([r["generators"][g]["at_step"]["0"] for r in results if g in r["generators"]])
-                         for g in ("random", generator, "nearest")},
+                         for g in present},
         # cases where the generator's init already scores at least random init's final score
         # before any step, for every seed (their speedup is steps(a) / 1)
         "at_target_from_step0": {grp: sum(r["group"] == grp and generator in r["generators"] and all(
@@ -270,17 +424,35 @@ def summarize(results: list[dict], generator: str) -> dict:
                            for grp in ("cells", "archs")},
         "nearest_speedup_bounds_cells": bound_counts([r for r in results if r["group"] == "cells"], "nearest"),
         # cases the generator cannot produce (excluded from the medians above), with the reason
-        "unsupported": {r["case"]: r["unsupported"][generator] for r in results if r.get("unsupported")},
+        "unsupported": {r["case"]: r["unsupported"][generator] for r in results if generator in r.get("unsupported", {})},
         "n_cases": {"cells": sum(r["group"] == "cells" for r in results),
                     "archs": sum(r["group"] == "archs" for r in results)},
-    }
-    s["goals"] = {
-        "speedup_cells_ge_5": s["median_speedup_cells"] is not None and s["median_speedup_cells"] >= 5,
-        "speedup_archs_ge_2": s["median_speedup_archs"] is not None and s["median_speedup_archs"] >= 2,
-        "final_not_worse_beyond_noise": s["final_acc_delta_median"] is not None
-        and s["final_acc_delta_median"] >= -2 * (noise or 0.0),
-    }
+    })
+    s["goals"] = goals(s)
+    s["by_generator"] = by_gen
     return s
+
+
+GOALS = {
+    "archs_speedup_ge_3_ci_above_1": "held-out architectures: median speedup vs random >= 3, CI lower bound > 1",
+    "archs_ge_1.5x_best_baseline_ci_above_1": "held-out architectures: >= 1.5x the best baseline, CI lower bound > 1",
+    "cells_speedup_ge_10": "held-out cells: median speedup >= 10",
+    "final_not_worse_beyond_noise": "median final score difference to random >= -(seed-to-seed std of random's final)",
+}
+
+
+def goals(s: dict) -> dict[str, bool]:
+    """The goals of GOALS, true/false, from a summary."""
+    def lo(ci):
+        return ci[0] if ci else None
+
+    sa, sc, r, d = s["median_speedup_archs"], s["median_speedup_cells"], s["ratio_to_best_baseline_archs"], s["final_acc_delta_median"]
+    return {
+        "archs_speedup_ge_3_ci_above_1": sa is not None and sa >= 3 and (lo(s["median_speedup_archs_ci"]) or 0) > 1,
+        "archs_ge_1.5x_best_baseline_ci_above_1": r is not None and r >= 1.5 and (lo(s["ratio_to_best_baseline_archs_ci"]) or 0) > 1,
+        "cells_speedup_ge_10": sc is not None and sc >= 10,
+        "final_not_worse_beyond_noise": d is not None and d >= -(s["seed_noise_final_std_median"] or 0.0),
+    }
 
 
 def bound_counts(results: list[dict], generator: str) -> dict[str, int]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.errors import ZooError
-from pipelines.benchmark.protocol import BOUNDS, speedup_bound
+from pipelines.benchmark.protocol import BASELINES, BOUNDS, GOALS, speedup_bound
 
 MARKS = {"exact": "", "lower": "≥", "upper": "<", "mixed": "~", None: ""}
 
@@ -35,6 +35,59 @@ def _fmt(x, digits=3) -> str:
     return f"{x:.{digits}f}"
 
 
+LABELS = {"random": "random (zoo init)", "nearest": "nearest zoo model", "weight_selection": "weight selection",
+          "lsuv": "LSUV", "zero": "ZerO", "orthogonal": "orthogonal"}
+
+
+def _ci(x, ci, digits=1) -> str:
+    """"12.3 [4.5, 67.8]" (a median and its 95% interval), "–" when undefined."""
+    if x is None:
+        return "–"
+    return f"{_fmt(x, digits)} [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]" if ci else _fmt(x, digits)
+
+
+SUMMARY_HEAD = ("| init | speedup, held-out cells | speedup, held-out archs | × best baseline (archs) | "
+                "score after 1% (archs / cells) | after 10% | Δfinal vs random |", "|---|---|---|---|---|---|---|")
+
+
+def summary_row(label: str, g: dict, ratio: tuple | None = None) -> str:
+    """One generator's row of the summary table: medians with bootstrap 95% intervals."""
+    def score(k):
+        return f"{_fmt(g.get(f'score_{k}_archs'), 2)} / {_fmt(g.get(f'score_{k}_cells'), 2)}"
+
+    r = _ci(ratio[0], ratio[1], 2) if ratio and ratio[0] is not None else "–"
+    return (f"| {label} | {_ci(g.get('median_speedup_cells'), g.get('median_speedup_cells_ci'))} | "
+            f"{_ci(g.get('median_speedup_archs'), g.get('median_speedup_archs_ci'))} | {r} | {score('budget_1pct')} | "
+            f"{score('budget_10pct')} | {_ci(g.get('final_acc_delta_median'), g.get('final_acc_delta_median_ci'), 3)} |")
+
+
+def summary_rows(doc: dict, baselines: bool = True) -> list[str]:
+    """The generator's row and (from `by_generator`) random init's and every baseline's."""
+    s = doc["summary"]
+    by = s.get("by_generator") or {}
+    rows = [summary_row(LABELS["random"], by["random"])] if "random" in by and baselines else []
+    rows.append(summary_row(f"**{doc['hypernet']}**", s, (s.get("ratio_to_best_baseline_archs"),
+                                                          s.get("ratio_to_best_baseline_archs_ci"))))
+    if baselines:
+        rows += [summary_row(LABELS[b] + (" (best baseline)" if b == s.get("best_baseline") else ""), by[b])
+                 for b in BASELINES if b in by]
+    return rows
+
+
+def goals_lines(s: dict) -> list[str]:
+    return [f"- {'met' if v else 'not met'}: {GOALS.get(k, k)}" for k, v in s["goals"].items()]
+
+
+def per_zoo_lines(s: dict) -> list[str]:
+    """Per zoo (family) of a generator: its speedups with intervals and the final difference."""
+    out = []
+    for zoo, z in (s.get("per_zoo") or {}).items():
+        out.append(f"- `{zoo}`: cells {_ci(z['median_speedup_cells'], z['median_speedup_cells_ci'])}, "
+                   f"architectures {_ci(z['median_speedup_archs'], z['median_speedup_archs_ci'])}, "
+                   f"Δfinal {_fmt(z['final_acc_delta_median'])}")
+    return out
+
+
 def machine_line(m: dict | None) -> str:
     """One line naming the machine of a results.json (older files have none)."""
     if not m:
@@ -56,33 +109,38 @@ def markdown(doc: dict) -> str:
     lines = [
         f"# Init benchmark: {doc['hypernet']} ({doc.get('kind')})",
         "",
-        f"Zoo `{doc['zoo']}`, seeds {doc['seeds']}; score = {doc['results'][0]['metric']} "
-        f"(mean over seeds). Speedup = steps for random init to reach its own final score / steps for "
-        f"the generator's init (median over seeds). Machine: {machine_line(doc.get('machine'))}.",
+        f"Zoo `{doc['zoo']}`, seeds {doc['seeds']}; score = {doc['results'][0]['metric']}. Speedup = steps "
+        f"for random init to reach its own final score / steps for the init (per case the median over seeds; "
+        f"below the median over cases, with a bootstrap 95% interval over cases and seeds). Machine: "
+        f"{machine_line(doc.get('machine'))}.",
         "",
         f"Marks: {MARK_LEGEND}.",
         "",
-        f"- median speedup, held-out cells: **{_fmt(s['median_speedup_cells'], 1)}** (goal ≥ 5); "
-        f"{s['at_target_from_step0']['cells']} of {s['n_cases']['cells']} cells at random init's final score "
-        f"from step 0" + (f"; {_bounds_note(bounds.get('cells'))}" if bounds else ""),
-        f"- median speedup, held-out architectures: **{_fmt(s['median_speedup_archs'], 1)}** (goal ≥ 2)"
-        + (f"; {_bounds_note(bounds.get('archs'))}" if bounds else ""),
-        f"- median final-score difference (hypernet − random): **{_fmt(s['final_acc_delta_median'])}** "
-        f"(seed-to-seed std of random's final score: {_fmt(s['seed_noise_final_std_median'])})",
-        f"- nearest zoo model, held-out cells: median speedup {_fmt(s['nearest_median_speedup_cells'], 1)}, "
-        f"final difference {_fmt(s['nearest_final_acc_delta_median_cells'])}"
-        + (f"; {_bounds_note(s.get('nearest_speedup_bounds_cells'))}" if s.get("nearest_speedup_bounds_cells") else ""),
+        *SUMMARY_HEAD,
+        *summary_rows(doc),
         "",
-        "| case | T | load | generator | step 0 | step 10 | step 100 | end | steps to target | speedup |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Held-out cells: {s['n_cases']['cells']}, of which {s['at_target_from_step0']['cells']} at random init's "
+        f"final score from step 0" + (f" ({_bounds_note(bounds.get('cells'))})" if bounds else "")
+        + f"; held-out architectures: {s['n_cases']['archs']}"
+        + (f" ({_bounds_note(bounds.get('archs'))})" if bounds else "") + ". "
+        f"Seed-to-seed std of random init's final score: {_fmt(s['seed_noise_final_std_median'])}."
+        + (f" Best baseline on held-out architectures: {LABELS.get(s['best_baseline'], s['best_baseline'])}."
+           if s.get("best_baseline") else ""),
+        "",
+        "Goals:", "", *goals_lines(s), "",
     ]
+    if s.get("per_zoo"):
+        lines += [f"Per zoo ({doc['hypernet']}):", "", *per_zoo_lines(s), ""]
+    lines += ["| case | T | load | init | step 0 | step 10 | step 100 | 1% | 10% | end | steps to target | speedup |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
         for g, rec in r["generators"].items():
             steps = ", ".join("never" if x is None else str(x) for x in rec["steps_to_target"])
             sp = "1" if g == "random" else speedup_cell(rec, r["generators"]["random"])
             a = rec["at_step"]
             lines.append(f"| {r['case']} | {r['temperature']:g} | {r['load']:g} | {g} | {_fmt(a['0'])} | "
-                         f"{_fmt(a['10'])} | {_fmt(a['100'])} | {_fmt(a['end'])} | {steps} / {r['steps_total']} | {sp} |")
+                         f"{_fmt(a['10'])} | {_fmt(a['100'])} | {_fmt(a.get('1%'))} | {_fmt(a.get('10%'))} | "
+                         f"{_fmt(a['end'])} | {steps} / {r['steps_total']} | {sp} |")
     mem = doc.get("memorization")
     if mem and "nn_distance_ratio_median" in mem:
         lines += ["", "Memorization audit (held-out cells; distances after canonicalization, divided by the "
@@ -98,6 +156,10 @@ def markdown(doc: dict) -> str:
     if doc["summary"].get("unsupported"):
         lines += ["", "Not produced by the generator: " + "; ".join(f"{k} ({v})" for k, v in
                                                                     doc["summary"]["unsupported"].items())]
+    skipped = [f"{LABELS.get(b, b)} on {r['case']} ({why})" for r in doc["results"]
+               for b, why in (r.get("unsupported") or {}).items() if b in BASELINES]
+    if skipped:
+        lines += ["", "Baselines without an init for a case (not in their medians): " + "; ".join(skipped)]
     if doc.get("split_notes"):
         lines += ["", "Notes: " + "; ".join(doc["split_notes"])]
     return "\n".join(lines) + "\n"
@@ -137,12 +199,14 @@ def compare(docs: list[dict]) -> str:
                            f"{docs[0]['seeds']}); evaluate every run on the same zoo with the same --seeds")
     base = docs[0]["results"]
     metric = base[0]["metric"]
-    gens = [("random", None), *((n, i) for i, n in enumerate(names)), ("nearest", None)]
+    present = [b for b in BASELINES if any(b in r["generators"] for r in base)]
+    gens = [*((n, i) for i, n in enumerate(names)), *((b, None) for b in present)]
     head = "| case | T | load | random final | " + " | ".join(
-        f"{g} step 0 / Δfinal / speedup" for g, _ in gens[1:]) + " |"
-    lines = [f"Same held-out cases, seeds {docs[0]['seeds']}; score = {metric}. Per generator: score at step 0, "
+        f"{LABELS.get(g, g)} step 0 / Δfinal / speedup" for g, _ in gens) + " |"
+    lines = [f"Same held-out cases, seeds {docs[0]['seeds']}; score = {metric}. Per init: score at step 0, "
              "final score minus random init's, speedup (steps of random init to its final score / the "
-             f"generator's, median over seeds). Marks: {MARK_LEGEND}.", ""]
+             f"init's, median over seeds). Random init and the baselines are those of {names[0]}'s run. "
+             f"Marks: {MARK_LEGEND}.", ""]
     machines = [d.get("machine") for d in docs]
     if all(m == machines[0] for m in machines):
         lines += [f"Machine: {machine_line(machines[0])}.", ""]
@@ -150,31 +214,31 @@ def compare(docs: list[dict]) -> str:
         lines += ["Machines differ (float32 training drifts apart across CPUs, kernels and thread counts, so "
                   "differences of a few seed-noise widths may come from the machine, not the generator):", ""]
         lines += [f"- {d['hypernet']}: {machine_line(m)}" for d, m in zip(docs, machines)] + [""]
-    lines += [head, "|" + "---|" * (4 + len(gens) - 1)]
+    lines += [head, "|" + "---|" * (4 + len(gens))]
     for k, case in enumerate(cases):
         r0 = base[k]
         row = [case, f"{r0['temperature']:g}", f"{r0['load']:g}", _fmt(r0["generators"]["random"]["final"])]
-        for g, i in gens[1:]:
+        for g, i in gens:
             r = (docs[i] if i is not None else docs[0])["results"][k]
             rec = r["generators"].get("hypernet" if i is not None else g)
             if rec is None:
-                row.append("unsupported" if r.get("unsupported") else "–")
+                row.append("unsupported" if (r.get("unsupported") or {}).get("hypernet" if i is not None else g) else "–")
                 continue
             row.append(f"{_fmt(rec['at_step']['0'])} / {rec['final_delta']:+.3f} / "
                        f"{speedup_cell(rec, r['generators']['random'])}")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "| generator | median speedup, cells | median speedup, architectures | median Δfinal | "
-              "median step-0 score | goals met |", "|---|---|---|---|---|---|"]
-    s0 = docs[0]["summary"]
-    lines.append(f"| random | 1 | 1 | 0 | {_fmt(s0['step0_median']['random'])} | – |")
+    lines += ["", "Medians over cases with bootstrap 95% intervals over cases and seeds:", "", *SUMMARY_HEAD]
+    by0 = docs[0]["summary"].get("by_generator") or {}
+    if "random" in by0:
+        lines.append(summary_row(LABELS["random"], by0["random"]))
     for d in docs:
-        s = d["summary"]
-        met = [k for k, v in s["goals"].items() if v]
-        lines.append(f"| {d['hypernet']} | {_fmt(s['median_speedup_cells'], 1)} | {_fmt(s['median_speedup_archs'], 1)} | "
-                     f"{_fmt(s['final_acc_delta_median'])} | {_fmt(s['step0_median']['hypernet'])} | "
-                     f"{len(met)} of {len(s['goals'])}{': ' + ', '.join(met) if met else ''} |")
-    lines.append(f"| nearest zoo model | {_fmt(s0['nearest_median_speedup_cells'], 1)} | – | "
-                 f"{_fmt(s0['nearest_final_acc_delta_median_cells'])} (cells) | {_fmt(s0['step0_median']['nearest'])} | – |")
+        lines += summary_rows(d, baselines=False)
+    best = docs[0]["summary"].get("best_baseline")
+    lines += [summary_row(LABELS[b] + (" (best baseline)" if b == best else ""), by0[b]) for b in BASELINES if b in by0]
+    lines += ["", "| generator | goals met |", "|---|---|"]
+    for d in docs:
+        met = [k for k, v in d["summary"]["goals"].items() if v]
+        lines.append(f"| {d['hypernet']} | {len(met)} of {len(d['summary']['goals'])}{': ' + ', '.join(met) if met else ''} |")
     for d in docs:
         mem = d.get("memorization")
         if mem and "nn_distance_ratio_median" in mem:
@@ -192,7 +256,8 @@ def plot_curves(doc: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"random": "#555555", "hypernet": "#d62728", "nearest": "#1f77b4"}
+    colors = {"random": "#555555", "hypernet": "#d62728", "nearest": "#1f77b4", "weight_selection": "#2ca02c",
+              "lsuv": "#9467bd", "zero": "#8c564b", "orthogonal": "#e377c2"}
     paths = []
     for group in ("cells", "archs"):
         rs = [r for r in doc["results"] if r["group"] == group]
@@ -250,7 +315,12 @@ def _finite(x):
 
 def summary_line(doc: dict) -> str:
     s = doc["summary"]
-    return (f"{doc['hypernet']}: median speedup {_fmt(s['median_speedup_cells'], 1)}x on held-out cells "
-            f"(goal 5), {_fmt(s['median_speedup_archs'], 1)}x on held-out architectures (goal 2); "
-            f"final {doc['results'][0]['metric']} vs random init {s['final_acc_delta_median']:+.3f} "
-            f"(seed noise {_fmt(s['seed_noise_final_std_median'])})")
+    best = s.get("best_baseline")
+    vs = (f"; {_ci(s.get('ratio_to_best_baseline_archs'), s.get('ratio_to_best_baseline_archs_ci'), 2)}x the best "
+          f"baseline ({LABELS.get(best, best)}) there") if best else ""
+    met = sum(bool(v) for v in s["goals"].values())
+    return (f"{doc['hypernet']}: median speedup {_ci(s['median_speedup_cells'], s.get('median_speedup_cells_ci'))}x "
+            f"on held-out cells, {_ci(s['median_speedup_archs'], s.get('median_speedup_archs_ci'))}x on held-out "
+            f"architectures{vs}; final {doc['results'][0]['metric']} vs random init "
+            f"{_fmt(s['final_acc_delta_median'])} (seed noise {_fmt(s['seed_noise_final_std_median'])}); "
+            f"goals met {met} of {len(s['goals'])}")

@@ -16,7 +16,7 @@ from pipelines.zoodata import load_cells, make_split, split_digest
 from zoo.errors import ZooError
 from zoo.machine import machine_info
 from pipelines.benchmark.audit import memorization
-from pipelines.benchmark.protocol import cases_of, run_case, summarize
+from pipelines.benchmark.protocol import DEFAULT_SEEDS, cases_of, run_case, summarize
 from pipelines.benchmark.report import write_outputs
 
 def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | None = None,
@@ -41,7 +41,7 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
         raise ZooError(f"{zoo_root}: no held-out cell or architecture to benchmark (see the split notes: "
                        f"{'; '.join(split.notes) or 'none'})")
     if seeds is None:
-        seeds = sorted({m.seed for c in cells for m in c.members})[:2]
+        seeds = default_seeds(cells)
     name = name or hypernet_dir.name
     machine = machine_info(torch_threads=torch.get_num_threads())  # Population trains on this setting
     results, t0 = [], time.perf_counter()
@@ -61,8 +61,9 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
         "kind": meta.get("kind"),
         "zoo": str(zoo_root),
         "seeds": seeds,
-        "protocol": "held-out cells and architectures; random vs generator vs nearest zoo model; "
-                    "steps-to-target = first step reaching the final score of random init (same seed)",
+        "protocol": "held-out cells and architectures; random vs generator vs the baselines (nearest zoo model, "
+                    "weight selection, LSUV, ZerO, orthogonal); steps-to-target = first step reaching the final "
+                    "score of random init (same seed); medians with bootstrap 95% intervals over cases and seeds",
         "split_notes": split.notes,
         "seconds": time.perf_counter() - t0,
         "machine": machine,
@@ -74,6 +75,18 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
     if out is not None:
         write_outputs(doc, Path(out))
     return doc
+
+
+def default_seeds(cells, n: int = DEFAULT_SEEDS) -> list[int]:
+    """The zoo's member seeds first (so random init of a held-out cell is the zoo member itself),
+    then the next integers, n in all."""
+    seeds = sorted({m.seed for c in cells for m in c.members})[:n]
+    k = 0
+    while len(seeds) < n:
+        if k not in seeds:
+            seeds.append(k)
+        k += 1
+    return sorted(seeds)
 
 
 def _bar(enabled: bool, n: int):
