@@ -3,16 +3,18 @@
 The protocol every weight generator shares (the GHNs and the diffusion generator):
 
 * Cases. The held-out cells of pipelines.zoodata.make_split (about 20% of every plane, never seen by
-  the generator) and the held-out architectures (a width between two trained widths, one wider than
-  any, one layer deeper), each trained with the hyperparameters of a zoo cell.
-* Generators, per case and seed: (a) `random`: the zoo's own init scheme (for a held-out cell and
-  a zoo seed this is exactly the zoo member's init); (b) the generator's prediction; (c) `nearest`:
-  the final weights of the nearest training cell's member (same architecture only; by distance of
-  the normalized (temperature, load) condition). All are trained by the same zoo.train.Population
-  code the zoo was built with, with the case's own hyperparameters, the zoo's epoch budget and the
-  same data order per seed.
-* Measures. Test accuracy (test rel_l2 for a PDE zoo, where lower is better) at step 0, 10, 100 and
-  at the end, evaluated on a grid of steps (every epoch, and a ~1.15x geometric grid, so early
+  the generator) and per zoo the held-out architectures of pipelines.zoodata.ARCH_VARIANTS (unseen
+  widths, depths, activation and depth x width), each trained with the hyperparameters of a zoo cell.
+* Inits (GENERATORS), per case and seed: (a) `random`: the zoo's own init scheme (for a held-out
+  cell and a zoo seed this is exactly the zoo member's init); (b) the generator's prediction; and
+  the BASELINES of baseline_states: `nearest` (the final weights of the nearest training cell's
+  member, same architecture only, by distance of the normalized (temperature, load) condition),
+  `weight_selection` (from the nearest larger trained member), `lsuv`, `zero` and `orthogonal`
+  (hypernet.baselines). All are trained together by the same zoo.train.Population code the zoo
+  was built with, with the case's own hyperparameters, the zoo's epoch budget and the same data
+  order per seed. An init with nothing for a case is recorded in the case's `unsupported`.
+* Measures. Test accuracy (test rel_l2 for a PDE zoo, where lower is better) at step 0, 10, 100,
+  after 1% and 10% of the step budget and at the end, evaluated on a grid of steps (every epoch, and a ~1.15x geometric grid, so early
   steps are resolved). steps-to-target = the first evaluated step at which the score reaches the
   final score of (a) with the same seed; speedup = steps of (a) / steps of (b), both counted as at
   least 1 (a target reached at step 0 means "within the first step"). When (b) never reaches it,
@@ -22,6 +24,9 @@ The protocol every weight generator shares (the GHNs and the diffusion generator
   (b never at it). The median is monotone in every seed's value, so a case's median is a lower
   bound when some seeds are lower bounds and none an upper bound (mark "≥"), an upper bound in the
   mirror case ("<"), and neither when both occur ("~", `speedup_bound: "mixed"`); see speedup_bound.
+* Summary. Medians over cases of the per-case medians over seeds, with two-stage bootstrap 95%
+  intervals (pipelines.benchmark.stats), per generator (`by_generator`) and per zoo; the best
+  baseline on held-out architectures and the ratio to it; the GOALS.
 
 The benchmark is three modules and a runner: this protocol (cases, training, measures, summary),
 pipelines.benchmark.audit (memorization of a generative model), pipelines.benchmark.report
