@@ -68,10 +68,14 @@ def summary_rows(doc: dict, baselines: bool = True) -> list[str]:
     rows = [summary_row(LABELS["random"], by["random"])] if "random" in by and baselines else []
     rows.append(summary_row(f"**{doc['hypernet']}**", s, (s.get("ratio_to_best_baseline_archs"),
                                                           s.get("ratio_to_best_baseline_archs_ci"))))
-    if baselines:
-        rows += [summary_row(LABELS[b] + (" (best baseline)" if b == s.get("best_baseline") else ""), by[b])
-                 for b in BASELINES if b in by]
-    return rows
+    return rows + (baseline_rows(s) if baselines else [])
+
+
+def baseline_rows(s: dict) -> list[str]:
+    """The baselines' rows of a summary (from its `by_generator`), the best one named."""
+    by = s.get("by_generator") or {}
+    return [summary_row(LABELS[b] + (" (best baseline)" if b == s.get("best_baseline") else ""), by[b])
+            for b in BASELINES if b in by]
 
 
 def goals_lines(s: dict) -> list[str]:
@@ -233,8 +237,7 @@ def compare(docs: list[dict]) -> str:
         lines.append(summary_row(LABELS["random"], by0["random"]))
     for d in docs:
         lines += summary_rows(d, baselines=False)
-    best = docs[0]["summary"].get("best_baseline")
-    lines += [summary_row(LABELS[b] + (" (best baseline)" if b == best else ""), by0[b]) for b in BASELINES if b in by0]
+    lines += baseline_rows(docs[0]["summary"])
     lines += ["", "| generator | goals met |", "|---|---|"]
     for d in docs:
         met = [k for k, v in d["summary"]["goals"].items() if v]
