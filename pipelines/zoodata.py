@@ -235,14 +235,14 @@ def _arch_cases(cells: list[ZooCell], notes: list[str]) -> list[ArchCase]:
             return min(mid_cells, key=key)
 
         variants: list[tuple[str, dict, ZooCell]] = []
-        mid = None
+        between = None  # (width, reference cell) of the between architecture
         if len(widths) >= 2:
             # the widest gap (ratio) between neighbouring trained widths; its geometric middle
             lo, hi = max(zip(widths, widths[1:]), key=lambda p: (p[1] / p[0], -p[0]))
-            m = int(round(math.sqrt(lo * hi)))
-            if lo < m < hi:
-                mid = m
-                variants.append(("between", {**by_width[lo].arch, "width": m}, by_width[lo]))
+            mid = int(round(math.sqrt(lo * hi)))
+            if lo < mid < hi:
+                between = (mid, by_width[lo])
+                variants.append(("between", {**by_width[lo].arch, "width": mid}, by_width[lo]))
         if widths:
             if widths[0] >= 2:
                 variants.append(("narrower", {**by_width[widths[0]].arch, "width": widths[0] // 2}, by_width[widths[0]]))
@@ -269,9 +269,9 @@ def _arch_cases(cells: list[ZooCell], notes: list[str]) -> list[ArchCase]:
                     variants.append(("depth-x-width", {**ref.arch, "depth": d, "width": w}, ref))
                 else:
                     notes.append(f"{zoo}: every (depth, width) pair of its members occurs; no depth-x-width architecture")
-            elif widths and mid is not None:
-                ref = by_width[lo]
-                variants.append(("depth-x-width", {**ref.arch, "depth": deep, "width": mid}, ref))
+            elif between is not None:
+                width, ref = between
+                variants.append(("depth-x-width", {**ref.arch, "depth": deep, "width": width}, ref))
         else:
             notes.append(f"{zoo}: the architecture has no depth knob; no shallower/deeper architecture")
         if "activation" in knobs:
