@@ -23,6 +23,7 @@ from hypernet.diffusion import WeightDiffusion
 from hypernet.generators import kind_of, kind_of_config
 from hypernet.ghn import GraphHyperNetwork
 from zoo.errors import ZooError
+from zoo.nets import reset_batchnorm  # noqa: F401 - re-exported: hypernet.reset_batchnorm
 
 Generator = GraphHyperNetwork | WeightDiffusion
 
@@ -93,28 +94,6 @@ def condition_for(ghn: GraphHyperNetwork, model: nn.Module | None = None, *, tas
 
 
 @torch.no_grad()
-def reset_batchnorm(model: nn.Module, calibrate: torch.Tensor | None = None, batch_size: int = 256) -> None:
-    """Reset BatchNorm running statistics (mean 0, var 1); with `calibrate` (training inputs),
-    re-estimate them as the plain average over those batches (momentum None), then restore modes."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-    if calibrate is None or not bns:
-        return
-    old = [(m, m.momentum) for m in bns]
-    was_training = model.training
-    for m in bns:
-        m.momentum = None
-    model.train()
-    try:
-        for s in range(0, calibrate.shape[0], batch_size):
-            model(calibrate[s : s + batch_size])
-    finally:
-        for m, mom in old:
-            m.momentum = mom
-        model.train(was_training)
-
-
 def _training_data(gen: Generator, zoo: str | None, n: int = 512):
     """(x, y, objective) of the first n training samples of a zoo's task: what sampling selects on."""
     from zoo import tasks

@@ -85,6 +85,28 @@ def reset_norm(m: nn.Module) -> None:
         m.bias.zero_()
 
 
+def reset_batchnorm(model: nn.Module, calibrate: torch.Tensor | None = None, batch_size: int = 256) -> None:
+    """Reset BatchNorm running statistics (mean 0, var 1); with `calibrate` (training inputs),
+    re-estimate them as the plain average over those batches (momentum None), then restore modes."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+    if calibrate is None or not bns:
+        return
+    old = [(m, m.momentum) for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.momentum = None
+    model.train()
+    try:
+        for s in range(0, calibrate.shape[0], batch_size):
+            model(calibrate[s : s + batch_size])
+    finally:
+        for m, mom in old:
+            m.momentum = mom
+        model.train(was_training)
+
+
 @torch.no_grad()
 def init_(net: nn.Module, seed: int, scheme: str = "kaiming_uniform") -> nn.Module:
     """Initialize every parameter in place from `seed` alone, so a member's init is the same in
@@ -121,7 +143,7 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["build", "init_", "knobs", "names", "n_params", "NETS", "NORMS", "reset_norm"]
+__all__ = ["build", "init_", "knobs", "names", "n_params", "NETS", "NORMS", "reset_batchnorm", "reset_norm"]
 
 
 def names() -> list[str]:
