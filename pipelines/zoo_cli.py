@@ -60,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("row", help="<model_id>/<epoch> (a row's tensor_prefix), or <model_id> for its last checkpoint")
     r.add_argument("--dir", default=DEFAULT_OUT, help=f"dataset folder (default: {DEFAULT_OUT})")
     r.add_argument("--save", help="also write the replayed weights to this .safetensors file")
+    st = sub.add_parser("study", help="downstream studies of a built dataset per cell, drawn over the phase plane "
+                        "(averaging, transfer, prune, predict), written into DIR/studies/<zoo>/<study>/")
+    st.add_argument("study", help="averaging | transfer | prune | predict")
+    st.add_argument("dir")
+    st.add_argument("--zoo", action="append", help="only this zoo (repeatable; default: every zoo the study supports)")
+    st.add_argument("--epochs", type=int, help="transfer: fine-tuning epochs; prune: re-training epochs")
+    st.add_argument("--sparsity", type=float, action="append", help="prune: a sparsity in [0, 1) (repeatable; default 0.5 0.8 0.9 0.95)")
+    st.add_argument("--recompute", action="store_true", help="discard finished cells and compute all again")
+    st.add_argument("--address", help="join an existing Ray cluster (default: start a local Ray)")
+    st.add_argument("--workers", type=int, help="concurrent cells (default: the number of CPU cores)")
+    st.add_argument("--no-ray", action="store_true", help="compute in this process (debugging)")
+    st.add_argument("--quiet", action="store_true", help="no progress output")
     v = sub.add_parser("verify", help="check sha256 and row counts against manifest.json (exit 1 on mismatch)")
     v.add_argument("dir")
     return p
@@ -165,6 +177,36 @@ def _print_info(root: Path, manifest: dict) -> None:
     console.print(t)
 
 
+def cmd_study(a) -> int:
+    from pipelines.studies import run as studies
+
+    study = studies.STUDIES.get(a.study)
+    overrides = {}
+    if a.epochs is not None:
+        if a.epochs < 1:
+            raise ZooError(f"--epochs must be at least 1 (got {a.epochs})")
+        key = {"transfer": "epochs", "prune": "retrain_epochs"}.get(study.name)
+        if key is None:
+            raise ZooError(f"--epochs applies to `zoo study transfer` and `zoo study prune`, not {study.name}")
+        overrides[key] = a.epochs
+    if a.sparsity:
+        if study.name != "prune":
+            raise ZooError(f"--sparsity applies to `zoo study prune`, not {study.name}")
+        bad = [s for s in a.sparsity if not 0.0 <= s < 1.0]
+        if bad:
+            raise ZooError(f"--sparsity must be in [0, 1) (got {bad[0]:g})")
+        overrides["sparsities"] = sorted(set(a.sparsity))
+    results = studies.run(study.name, a.dir, a.zoo, settings=overrides, address=a.address, workers=a.workers,
+                          use_ray=not a.no_ray, progress=not a.quiet, recompute=a.recompute)
+    for zoo, r in results.items():
+        d = studies.study_dir(Path(a.dir), zoo, study.name)
+        meds = "; ".join(f"{k}: " + ", ".join(f"{p} {v['median']:{'+' if studies.signed(k) else ''}.3f}" for p, v in s.items()
+                                             if v["median"] is not None)
+                         for k, s in r["by_phase"].items())
+        print(f"{zoo}: {study.name} of {len(r['cells'])} cells -> {d}/results.md ({meds or 'no values'})")
+    return 0
+
+
 def cmd_push(a) -> int:
     from zoo import hub, store
 
@@ -243,7 +285,7 @@ def run_command(prog: str, parser: argparse.ArgumentParser, commands: dict, argv
 def main(argv: list[str] | None = None) -> int:
     return run_command("zoo", _parser(), {"build": cmd_build, "metrics": cmd_metrics, "plot": cmd_plot,
                                           "push": cmd_push, "info": cmd_info, "verify": cmd_verify,
-                                          "replay": cmd_replay}, argv,
+                                          "replay": cmd_replay, "study": cmd_study}, argv,
                        "finished bundles are kept, rerun the same command to resume")
 
 

@@ -173,7 +173,28 @@ def render(manifest: dict, repo_id: str | None = None) -> str:
     figs = sorted(manifest.get("figures", []))
     if figs:
         lines += ["## Phase diagrams", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
+    lines += _studies(manifest.get("studies", {}))
     return "\n".join(lines)
+
+
+def _studies(studies: dict) -> list[str]:
+    """The card's "Studies" section: per zoo and study, what it measures, its medians by phase,
+    and links to its results and figures (written by `zoo study`)."""
+    if not studies:
+        return []
+    lines = ["## Studies", "", "What the phases change downstream (`zoo study NAME DIR`); each study's "
+             "results.md has the per-cell table and the intervals.", ""]
+    for zoo, by_study in sorted(studies.items()):
+        for name, s in sorted(by_study.items()):
+            lines.append(f"### {name} on {zoo}")
+            lines += ["", f"{s.get('about', name)}. [results]({s['markdown']}) ([json]({s['results']}))", ""]
+            for key, med in s.get("by_phase", {}).items():
+                sign = "+" if "delta" in key or "gain" in key else ""
+                per = ", ".join(f"{p} {v:{sign}.3f}" for p, v in med.items() if v is not None)
+                if per:
+                    lines.append(f"- `{key}`, median by phase: {per}")
+            lines += [""] + [f"![{Path(f).stem}]({f})" for f in s.get("figures", [])] + [""]
+    return lines
 
 
 def write(root: Path, manifest: dict, repo_id: str | None = None) -> None:

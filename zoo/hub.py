@@ -133,6 +133,11 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, message: str 
             stale = sorted(k for k in remote.get("files", {}) if of_pushed(k) and k not in local["files"])
             figs = [f for f in remote.get("figures", []) if not any(Path(f).name.startswith(f"{z}-") for z in pushed)]
             merged["figures"] = sorted(figs + local.get("figures", []))
+            studies = {z: v for z, v in remote.get("studies", {}).items() if z not in pushed}
+            studies.update({z: v for z, v in local.get("studies", {}).items() if z in pushed})
+            merged["studies"] = dict(sorted(studies.items()))
+            if not studies:
+                del merged["studies"]
             ops = []
             for rel in local["files"]:
                 if rel == "README.md":

@@ -55,6 +55,8 @@ __all__ = [
     "heatmap_scatter",
     "phase_scatter_figure",
     "learning_curves_by_phase",
+    "plane_map",
+    "by_phase",
 ]
 
 DPI = 120
@@ -427,9 +429,10 @@ def _marker_size(n: int) -> float:
     return float(np.clip(14000 / max(n, 1), 14, 90))
 
 
-def heatmap_scatter(cells: Any, metric: str, zoo: str, path: Path) -> Path:
-    """One metric over a sampled plane: one dot per cell/point, colored by its value."""
-    style = METRICS[metric]
+def heatmap_scatter(cells: Any, metric: str, zoo: str, path: Path, style: MetricStyle | None = None) -> Path:
+    """One metric over a sampled plane: one dot per cell/point, colored by its value. `style`
+    draws a column METRICS does not know (a study's result)."""
+    style = style or METRICS[metric]
     df = _cells_frame(cells, zoo)
     v = pd.to_numeric(df.get(metric, pd.Series(np.nan, index=df.index)), errors="coerce").to_numpy(float)
     fig = _new_figure((7.2, 5.0))
@@ -504,11 +507,12 @@ def learning_curves_by_phase(rows: Any, zoo: str, path: Path, metric: str = "tes
 
 
 # ---- public figures ----------------------------------------------------------------------------
-def heatmap(cells: Any, metric: str, zoo: str, path: Path) -> Path:
-    """PNG heatmap of one metric over the phase plane (x = temperature, y = load); returns path."""
-    if metric not in METRICS:
+def heatmap(cells: Any, metric: str, zoo: str, path: Path, style: MetricStyle | None = None) -> Path:
+    """PNG heatmap of one metric over the phase plane (x = temperature, y = load); returns path.
+    `style` draws a column METRICS does not know (a study's result)."""
+    if style is None and metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
-    style = METRICS[metric]
+    style = style or METRICS[metric]
     df = _cells_frame(cells, zoo)
     if metric not in df.columns:
         df[metric] = np.nan
@@ -607,6 +611,47 @@ def phase_map_figure(cells: Any, zoo: str, margin_bound: float = 1.0) -> Figure:
 def phase_map(cells: Any, zoo: str, path: Path, margin_bound: float = 1.0) -> Path:
     """PNG of the phase labels on the plane (phase_map_figure), uncertain cells hatched."""
     return _save(phase_map_figure(cells, zoo, margin_bound), path)
+
+
+def plane_map(cells: Any, metric: str, zoo: str, path: Path, style: MetricStyle) -> Path:
+    """A column of a per-cell table over the plane: tiles for a full grid, dots otherwise."""
+    df = _cells_frame(cells, zoo)
+    return (heatmap if is_grid(df) else heatmap_scatter)(df, metric, zoo, path, style)
+
+
+def by_phase(cells: Any, metric: str, zoo: str, path: Path, title: str, per_cell: str | None = None) -> Path:
+    """Box plot of a per-cell column grouped by phase label (I, II, III, IV-A, IV-B, then
+    unknown), every cell a dot over its phase's box; `per_cell` (a column of lists, e.g. the
+    per-seed values) adds the cell's seeds as small grey dots. A dashed line marks 0."""
+    df = _select_zoo(_to_frame(cells), zoo, "cells")
+    _require(df, ["phase", metric], "cells")
+    phases = df["phase"].map(_normalize_phase)
+    order = [p for p in [*PHASES, UNKNOWN] if (phases == p).any()]
+    fig = _new_figure((1.4 + 1.1 * max(len(order), 2), 4.2))
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)  # the jitter of the dots: the same figure every run
+    for i, p in enumerate(order):
+        sel = df[phases == p]
+        v = pd.to_numeric(sel[metric], errors="coerce").to_numpy(float)
+        v = v[np.isfinite(v)]
+        if per_cell and per_cell in sel.columns:
+            seeds = np.array([float(x) for xs in sel[per_cell] if xs is not None for x in xs], dtype=float)
+            seeds = seeds[np.isfinite(seeds)]
+            ax.scatter(i + rng.uniform(-0.28, 0.28, seeds.size), seeds, s=6, color="#9a9a9a", zorder=2, linewidth=0)
+        if v.size:
+            ax.boxplot([v], positions=[i], widths=0.55, showfliers=False, patch_artist=True, zorder=1,
+                       boxprops=dict(facecolor=PHASE_COLORS[p], edgecolor="#444444"),
+                       medianprops=dict(color="black"), whiskerprops=dict(color="#444444"), capprops=dict(color="#444444"))
+            ax.scatter(i + rng.uniform(-0.15, 0.15, v.size), v, s=18, color="black", zorder=3, linewidth=0)
+    ax.axhline(0.0, color="#888888", linewidth=0.8, linestyle="--", zorder=0)
+    ax.set_xticks(range(len(order)), [f"{p}\n({int((phases == p).sum())} cells)" for p in order])
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_xlabel("phase")
+    ax.set_ylabel(title)
+    ax.set_title(f"{zoo}: {title}, by phase", fontsize=10)
+    ax.grid(axis="y", color="#e6e6e6", linewidth=0.6)
+    ax.set_axisbelow(True)
+    return _save(fig, path)
 
 
 def plot_zoo(cells: Any, zoo: str, out_dir: Path, margin_bound: float = 1.0) -> list[Path]:

@@ -399,9 +399,9 @@ def spec_digest(spec_json: dict) -> str:
 
 
 def tracked_files(root: Path) -> list[Path]:
-    """Files the manifest covers: the card, data/, weights/, figures/ (not the manifest itself)."""
+    """Files the manifest covers: the card, data/, weights/, figures/, studies/ (not the manifest itself)."""
     out = [root / "README.md"] if (root / "README.md").exists() else []
-    for sub in ("data", "weights", "figures"):
+    for sub in ("data", "weights", "figures", "studies"):
         d = root / sub
         if d.exists():
             out += sorted(p for p in d.rglob("*") if p.is_file() and not p.name.endswith(TMP_SUFFIX))

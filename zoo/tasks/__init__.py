@@ -27,6 +27,11 @@ TASKS.register("convection")(load_convection)
 
 HF_PREFIX = "hf:"
 
+# `zoo study transfer`: the second task a zoo's trained nets are fine-tuned on, per task. Same
+# inputs and classes, so the whole net carries over: MNIST-1D drawn anew with twice the
+# correlated noise.
+TRANSFER_TARGETS: dict[str, tuple[str, dict]] = {"mnist1d": ("mnist1d", {"seed": 1, "corr_noise": 0.5})}
+
 
 def names() -> list[str]:
     return TASKS.names() + [HF_PREFIX + "<repo_id>"]
@@ -76,4 +81,4 @@ def _load_cached(name: str, args_json: str) -> Task:
         raise ZooError(f"task {name!r}: task_args: {e}") from None
 
 
-__all__ = ["Task", "arg_defaults", "axis_params", "check_name", "load", "names"]
+__all__ = ["TRANSFER_TARGETS", "Task", "arg_defaults", "axis_params", "check_name", "load", "names"]
