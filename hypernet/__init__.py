@@ -15,7 +15,7 @@ that needs one helper does not pay for torch_geometric and the GHN.
 """
 from __future__ import annotations
 
-import importlib
+from zoo.lazy import lazy_exports
 
 _EXPORTS = {
     "hypernet.api": ("load", "load_hypernet", "predict_init"),
@@ -26,17 +26,4 @@ _EXPORTS = {
     "hypernet.ghn": ("GHNConfig", "GraphHyperNetwork"),
     "hypernet.graph": ("MAX_DIMS", "OPS", "GraphError", "UnsupportedOpError", "module_to_graph", "validate"),
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'hypernet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value  # once imported, a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)
