@@ -2,7 +2,7 @@
 
 Use them from a test module with::
 
-    from hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
+    from tests.hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
 
 `hub` is one `HubServer` per test module (storage in a temporary folder). `hub_env` points the
 Hugging Face clients at it, both for subprocesses and for the test process itself.
@@ -47,10 +47,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-try:
-    from hubserver import HubServer
-except ImportError:  # imported as `tests.hub_fixtures`
-    from tests.hubserver import HubServer
+from tests.hubserver import HubServer
 
 TOKEN = "test-token"
 

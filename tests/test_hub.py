@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
+from tests.hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
 from tests.conftest import tiny_spec, write_spec
 from zoo import store
 

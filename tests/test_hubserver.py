@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
+from tests.hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
 
 # huggingface_hub's LFS PUTs pass a file object as `data=`, which httpx2 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -66,7 +66,7 @@ def phases_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def phases_repo(hub, phases_folder, tmp_path_factory):
     """`zoo/phases` created and uploaded once (in a client subprocess); the request log of that upload."""
-    from hub_fixtures import HubEnv
+    from tests.hub_fixtures import HubEnv
 
     env = HubEnv(hub, tmp_path_factory.mktemp("hf-home-upload"))
     hub.clear_log()

@@ -21,8 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import hypernet
-from conftest import tiny_spec
-from hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
+from tests.conftest import tiny_spec
+from tests.hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
 from hypernet.api import load_hypernet, predict_init
 from hypernet.conditions import AxisNorm, ConditionSpec
 from pipelines.fit import HypernetConfig, Trainer, read_run
