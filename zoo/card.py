@@ -189,7 +189,7 @@ def _studies(studies: dict) -> list[str]:
             lines.append(f"### {name} on {zoo}")
             lines += ["", f"{s.get('about', name)}. [results]({s['markdown']}) ([json]({s['results']}))", ""]
             for key, med in s.get("by_phase", {}).items():
-                sign = "+" if "delta" in key or "gain" in key else ""
+                sign = "+" if key in s.get("signed", ()) else ""
                 per = ", ".join(f"{p} {v:{sign}.3f}" for p, v in med.items() if v is not None)
                 if per:
                     lines.append(f"- `{key}`, median by phase: {per}")

@@ -278,7 +278,8 @@ def _finish(study: Study, settings: dict, digest: str, root: Path, zoo: str, whe
     manifest.setdefault("studies", {}).setdefault(zoo, {})[study.name] = {
         "about": study.about, "results": str((d / "results.json").relative_to(root)),
         "markdown": str((d / "results.md").relative_to(root)), "figures": rel, "settings": settings,
-        "by_phase": {k: {p: v["median"] for p, v in s.items()} for k, s in stats.items()}}
+        "by_phase": {k: {p: v["median"] for p, v in s.items()} for k, s in stats.items()},
+        "signed": [k for k in stats if signed(k)]}  # differences: the card prints them with their sign
     return results
 
 
