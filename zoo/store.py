@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -190,6 +191,18 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, final)
+
+
+def finite_json(x):
+    """NaN / inf -> None (JSON null), recursively through dicts, lists and tuples: what
+    json.dumps(..., allow_nan=False) accepts, so results files are strict JSON."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_json(v) for v in x]
+    return x
 
 
 def write_text_atomic(path: Path, text: str) -> None:

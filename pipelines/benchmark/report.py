@@ -297,23 +297,12 @@ def plot_curves(doc: dict, out: Path) -> list[Path]:
 
 def write_outputs(doc: dict, out: Path) -> None:
     """results.json, results.md and the curve PNGs, each written atomically."""
-    from zoo.store import write_text_atomic
+    from zoo.store import finite_json, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "results.json", json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(finite_json(doc), indent=1, allow_nan=False) + "\n")
     write_text_atomic(out / "results.md", markdown(doc))
     plot_curves(doc, out)
-
-
-def _finite(x):
-    """NaN / inf -> None (JSON null), recursively: e.g. the score at step 100 of a run shorter than that."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def summary_line(doc: dict) -> str:

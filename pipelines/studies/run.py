@@ -210,15 +210,7 @@ def _job(study: Study, settings: dict, digest: str, root: Path, spec: ZooSpec, c
 
 def _dumps(obj) -> str:
     """JSON with NaN as null (strict JSON), sorted keys: the same result, the same bytes."""
-    def clean(x):
-        if isinstance(x, float):
-            return x if math.isfinite(x) else None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-    return json.dumps(clean(obj), indent=1, sort_keys=True, allow_nan=False) + "\n"
+    return json.dumps(store.finite_json(obj), indent=1, sort_keys=True, allow_nan=False) + "\n"
 
 
 PHASE_ORDER = ("I", "II", "III", "IV-A", "IV-B", "")
