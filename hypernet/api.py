@@ -22,10 +22,11 @@ import json
 from hypernet.diffusion import WeightDiffusion
 from hypernet.generators import kind_of, kind_of_config
 from hypernet.ghn import GraphHyperNetwork
+from hypernet.igpg import WeightIGPG
 from zoo.errors import ZooError
 from zoo.nets import reset_batchnorm  # noqa: F401 - re-exported: hypernet.reset_batchnorm
 
-Generator = GraphHyperNetwork | WeightDiffusion
+Generator = GraphHyperNetwork | WeightDiffusion | WeightIGPG
 
 
 def _class_of(config: dict, source: str = "config.json") -> type:
@@ -34,13 +35,13 @@ def _class_of(config: dict, source: str = "config.json") -> type:
 
 
 def load_hypernet(hypernet: Generator | str | Path) -> Generator:
-    """A weight generator (GraphHyperNetwork or WeightDiffusion) from an instance, a local folder
+    """A weight generator (GraphHyperNetwork, WeightDiffusion or WeightIGPG) from an instance, a local folder
     (config.json + model.safetensors) or a Hub id; the class is read from config.json."""
     if isinstance(hypernet, nn.Module):
         kind_of(hypernet)  # a generator of a registered kind, else a ZooError naming the kinds
         return hypernet
     if not isinstance(hypernet, (str, Path)):
-        raise ZooError(f"hypernet must be a GraphHyperNetwork, a WeightDiffusion, a folder or a Hub id; "
+        raise ZooError(f"hypernet must be a GraphHyperNetwork, a WeightDiffusion, a WeightIGPG, a folder or a Hub id; "
                        f"got {type(hypernet).__name__}")
     path = Path(hypernet)
     if path.exists():
@@ -108,19 +109,19 @@ def predict_params(gen: Generator, model: nn.Module, condition: torch.Tensor | N
                    n: int = 1, seed: int = 0, example_input=None) -> dict[str, torch.Tensor]:
     """Every parameter of `model` as the generator predicts it (a dict; the model is not modified).
 
-    A GHN predicts deterministically. A diffusion generator draws `n` DDIM samples (seeded) and,
-    for n > 1, keeps the one with the lowest loss on the first 512 training samples of the zoo's
+    A GHN predicts deterministically. A sampling generator (diffusion: DDIM samples; IGPG: code
+    sequences drawn by its prior) draws `n` samples (seeded) and, for n > 1, keeps the one with the lowest loss on the first 512 training samples of the zoo's
     task (never test data)."""
     if not kind_of(gen).samples:  # a GHN: one deterministic prediction
         return gen.predict(model, condition, example_input=example_input)
     from hypernet.tokenizer import TokenLayout, WeightTokenizer
 
     if not gen.config.tokenizer:
-        raise ZooError("this diffusion generator has no tokenizer statistics; it was not trained on a zoo")
+        raise ZooError(f"this {kind_of(gen).name} generator has no tokenizer statistics; it was not trained on a zoo")
     tok = WeightTokenizer.from_dict(gen.config.tokenizer)
     layout = TokenLayout.of(model, tok.token_size)
-    samples = gen.sample(layout.ids(), tok.mask(layout), condition, n=n,
-                         generator=torch.Generator().manual_seed(seed))  # (n, N, k)
+    samples = gen.sample_tokens(layout, tok.mask(layout), condition, n=n,
+                                generator=torch.Generator().manual_seed(seed))  # (n, N, k)
     states = [tok.decode(s.double(), layout) for s in samples]
     if n == 1:
         return states[0]

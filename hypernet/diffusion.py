@@ -264,5 +264,12 @@ class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo"
             x = sched.step(out, t, x, eta=eta, generator=generator).prev_sample * m
         return x
 
+    @torch.no_grad()
+    def sample_tokens(self, layout, mask: torch.Tensor, condition: torch.Tensor | None = None, n: int = 1,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples of a hypernet.tokenizer.TokenLayout (what hypernet.api.predict_params calls on
+        every sampling generator): (n, N, token_size)."""
+        return self.sample(layout.ids(), mask, condition, n=n, generator=generator)
+
 
 __all__ = ["DiffusionConfig", "PREDICTIONS", "SCHEDULES", "WeightDiffusion", "sinusoid"]

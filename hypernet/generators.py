@@ -1,4 +1,4 @@
-"""The generator registry: a kind (ghn, ghn-lowrank, diffusion) -> its model class and config.
+"""The generator registry: a kind (ghn, ghn-lowrank, diffusion, igpg) -> its model class and config.
 
 One registry pattern (zoo.registry) serves tasks, nets, decoders and generators: an unknown kind
 is a ZooError listing the valid ones. `kind_of(model)` and `kind_of_config(config_json)` find the
@@ -13,6 +13,7 @@ from torch import nn
 
 from hypernet.diffusion import DiffusionConfig, WeightDiffusion
 from hypernet.ghn import GHNConfig, GraphHyperNetwork
+from hypernet.igpg import IGPGConfig, WeightIGPG
 from zoo.errors import ZooError
 from zoo.registry import Registry
 
@@ -48,6 +49,9 @@ for _kind in (
                   description="graph hypernetwork with the low-rank decoder (LoGAH)"),
     GeneratorKind("diffusion", WeightDiffusion, DiffusionConfig, "diffusion", samples=True,
                   description="conditional denoiser over weight tokens (DDPM training, DDIM sampling)"),
+    GeneratorKind("igpg", WeightIGPG, IGPGConfig, "igpg", samples=True,
+                  description="FSQ weight tokens + an autoregressive prior conditioned on task, architecture "
+                              "and cell (IGPG)"),
 ):
     GENERATORS.register(_kind.name)(_kind)
 

@@ -100,26 +100,32 @@ class _Arch:
     members: list[tuple[dict[str, torch.Tensor], torch.Tensor, str]]  # (canonical state, condition, cell key)
     fwd: object = None  # zoo.train.population_forward of the module
     tasks: dict[str, CellData] = field(default_factory=dict)  # cell key -> data and teachers
+    reference: dict | None = None  # the state every member is matched to
 
 
 def arch_key(cell: ZooCell, arch: dict | None = None) -> str:
     return json.dumps({"zoo": cell.zoo, "task_args": cell.task_args, **(arch or cell.arch)}, sort_keys=True)
 
 
-class DiffusionTrainer:
-    """The diffusion recipe of the one training loop (pipelines.hypernet_train.fit)."""
+class MemberTokens:
+    """What every token generator's recipe learns from (diffusion here, IGPG in pipelines.fit_igpg):
+    the training cells' members of one model family, canonicalized per architecture and cut into
+    tokens by a tokenizer fitted on them, with each cell's training data for a task loss, one
+    architecture's batch at a time (`batch`), and the loop's `train`."""
 
-    def __init__(self, zoo_dir: str | Path, out: str | Path, config: DiffusionRunConfig,
-                 zoos: list[str] | None = None, progress: bool = True):
+    kind = label = ""
+
+    def _load(self, zoo_dir: str | Path, out: str | Path, config, zoos: list[str] | None, progress: bool,
+              token_size: int, scale: str, pool: str, what: str) -> None:
         self.root, self.out, self.config, self.progress = Path(zoo_dir), Path(out), config, progress
         specs = [s for s in zoo_specs(self.root) if not zoos or s.name in zoos]
         families = sorted({s.model.family for s in specs})
         if len(families) != 1:
-            raise ZooError(f"{self.root}: a diffusion generator serves one model family; these zoos have "
+            raise ZooError(f"{self.root}: {what} serves one model family; these zoos have "
                            f"{', '.join(families)}: pick zoos of one family with --only")
         self.family = families[0]
         if self.family not in SUPPORTED:
-            raise ZooError(f"a diffusion generator needs canonicalization, which supports {', '.join(SUPPORTED)}; "
+            raise ZooError(f"{what} needs canonicalization, which supports {', '.join(SUPPORTED)}; "
                            f"the zoo's family is {self.family}")
         self.cells = load_cells(self.root, [s.name for s in specs])
         self.split = make_split(self.cells)
@@ -128,26 +134,12 @@ class DiffusionTrainer:
         if not self.train_cells:
             raise ZooError(f"{self.root}: no trained cells left for training after the held-out split")
         self.conditions = ConditionSpec.from_zoos(specs)
-        dc = DiffusionConfig(**config.diffusion)
-        self.archs = self._prepare(dc.token_size)
+        self.archs = self._prepare(token_size)
         states = [s for a in self.archs.values() for s, _, _ in a.members]
         layouts = [a.layout for a in self.archs.values() for _ in a.members]
-        self.tokenizer = WeightTokenizer(dc.token_size, scale=dc.token_scale, pool=dc.token_pool).fit(states, layouts)
-        references = {k: {"zoo": a.cell.zoo, "cell": a.cell.cell, "model_id": a.cell.rows[0]["model_id"]}
-                      for k, a in self.archs.items()}
-        torch.manual_seed(config.training.seed)
-        self.model = WeightDiffusion(DiffusionConfig(**config.diffusion, conditions=self.conditions.to_dict(),
-                                                     tokenizer=self.tokenizer.to_dict(), family=self.family))
-        self.references = references
-        decay, no_decay, base = [], [], []
-        for n, p in self.model.named_parameters():
-            (base if n.startswith("base.") else decay if p.dim() >= 2 and "emb" not in n else no_decay).append(p)
-        t = config.training
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if base:
-            groups.append({"params": base, "weight_decay": 0.0, "lr_mult": t.base_lr / t.lr})
-        self.opt = torch.optim.AdamW(groups, lr=t.lr, **fused_adamw())
-        self.kind, self.label = "diffusion", "diffusion train"
+        self.tokenizer = WeightTokenizer(token_size, scale=scale, pool=pool).fit(states, layouts)
+        self.references = {k: {"zoo": a.cell.zoo, "cell": a.cell.cell, "model_id": a.cell.rows[0]["model_id"]}
+                           for k, a in self.archs.items()}
 
     def _prepare(self, token_size: int) -> dict[str, _Arch]:
         """Canonical states and conditions of every training member, grouped by architecture."""
@@ -168,7 +160,7 @@ class DiffusionTrainer:
             buffers = [n for n, _ in module.named_buffers()]
             tasks = {c.key: CellData(c, states[c.key], names, buffers) for c in cells}
             out[key] = _Arch(key, ref_cell, module, TokenLayout.of(module, token_size), members,
-                             population_forward(module)[0], tasks)
+                             population_forward(module)[0], tasks, reference)
         return out
 
     def task_loss(self, a: _Arch, x0_hat: torch.Tensor, cells: list[str], gen: torch.Generator):
@@ -203,9 +195,11 @@ class DiffusionTrainer:
             dist = torch.stack([distill_loss(student[i], teachers[i], classification) for i in range(B)]).mean()
         return task + t.distill * dist, float(task.detach()), float(dist.detach())
 
-    def batch(self, gen: torch.Generator):
+    def batch(self, gen: torch.Generator, augment: float | None = None):
         """One architecture's batch: x0 (B, N, k), ids (N, 4), mask (B, N, k), condition (B, c),
-        the architecture, and each member's cell key."""
+        the architecture, and each member's cell key. augment: the probability of a random
+        permutation of each member (default: training.augment)."""
+        augment = self.config.training.augment if augment is None else augment
         keys = list(self.archs)
         weights = torch.tensor([len(self.archs[k].members) for k in keys], dtype=torch.float64)
         a = self.archs[keys[int(torch.multinomial(weights, 1, generator=gen))]]
@@ -216,7 +210,7 @@ class DiffusionTrainer:
         for i in pick:
             state, cond, cell = a.members[i]
             cells.append(cell)
-            if self.config.training.augment and float(torch.rand((), generator=gen)) < self.config.training.augment:
+            if augment and float(torch.rand((), generator=gen)) < augment:
                 groups = groups or perm_groups(a.module)
                 state = permute(state, groups, random_permutation(groups, gen))
             xs.append(self.tokenizer.encode(state, a.layout).float())
@@ -225,10 +219,35 @@ class DiffusionTrainer:
         x0 = torch.stack(xs)
         return x0, a.layout.ids(), mask.expand_as(x0), torch.stack(conds), a, cells
 
-    # -- the recipe (pipelines.hypernet_train.Recipe): the loop calls these
     def split_digest(self) -> str:
         return split_digest(self.split)
 
+    def train(self, resume: bool = False) -> dict:
+        return fit(self, self.out, resume=resume, progress=self.progress)
+
+
+class DiffusionTrainer(MemberTokens):
+    """The diffusion recipe of the one training loop (pipelines.hypernet_train.fit)."""
+
+    def __init__(self, zoo_dir: str | Path, out: str | Path, config: DiffusionRunConfig,
+                 zoos: list[str] | None = None, progress: bool = True):
+        dc = DiffusionConfig(**config.diffusion)
+        self._load(zoo_dir, out, config, zoos, progress, dc.token_size, dc.token_scale, dc.token_pool,
+                   "a diffusion generator")
+        torch.manual_seed(config.training.seed)
+        self.model = WeightDiffusion(DiffusionConfig(**config.diffusion, conditions=self.conditions.to_dict(),
+                                                     tokenizer=self.tokenizer.to_dict(), family=self.family))
+        decay, no_decay, base = [], [], []
+        for n, p in self.model.named_parameters():
+            (base if n.startswith("base.") else decay if p.dim() >= 2 and "emb" not in n else no_decay).append(p)
+        t = config.training
+        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if base:
+            groups.append({"params": base, "weight_decay": 0.0, "lr_mult": t.base_lr / t.lr})
+        self.opt = torch.optim.AdamW(groups, lr=t.lr, **fused_adamw())
+        self.kind, self.label = "diffusion", "diffusion train"
+
+    # -- the recipe (pipelines.hypernet_train.Recipe): the loop calls these
     def step(self, s: int, gen: torch.Generator) -> tuple[float, dict[str, float], dict]:
         """One architecture's batch drawn by `gen`: the denoising loss (+ task_weight x the task
         loss of its clean estimate), backpropagated."""
@@ -255,6 +274,3 @@ class DiffusionTrainer:
     def meta(self) -> dict:
         return {"references": self.references, "n_params": self.model.n_params(),
                 "n_training_members": sum(len(a.members) for a in self.archs.values())}
-
-    def train(self, resume: bool = False) -> dict:
-        return fit(self, self.out, resume=resume, progress=self.progress)

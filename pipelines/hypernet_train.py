@@ -55,6 +55,9 @@ class Recipe(Protocol):
     def meta(self) -> dict:
         """The kind's own hypernet.json fields."""
 
+    # optional: schedule(s) -> the learning rate of step s, for a recipe trained in stages (IGPG:
+    # the quantizer, then the prior, each with its own warm-up and decay); default warmup_cosine
+
 
 def warmup_cosine(step: int, t) -> float:
     """Learning rate at `step`: linear warm-up over t.warmup steps, then cosine decay to t.lr * t.min_lr_ratio."""
@@ -164,7 +167,7 @@ def fit(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True) 
         while step < t.steps:
             s = step
             gen = torch.Generator().manual_seed(t.seed * 1_000_003 + s)
-            lr = warmup_cosine(s, t)
+            lr = recipe.schedule(s) if hasattr(recipe, "schedule") else warmup_cosine(s, t)  # a staged recipe's own
             for g in recipe.opt.param_groups:
                 g["lr"] = lr * g.get("lr_mult", 1.0)
             recipe.opt.zero_grad(set_to_none=True)

@@ -1,5 +1,5 @@
 """`hypernet train` by kind: each generator kind's config class and recipe (pipelines.fit for the
-GHNs, pipelines.fit_diffusion for diffusion), both trained by the one loop of
+GHNs, pipelines.fit_diffusion for diffusion, pipelines.fit_igpg for IGPG), both trained by the one loop of
 pipelines.hypernet_train. The kinds themselves (model classes, configs) are hypernet.generators'.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from hypernet import generators
-from pipelines import fit, fit_diffusion
+from pipelines import fit, fit_diffusion, fit_igpg
 from pipelines.hypernet_train import check_out
 from zoo.errors import ZooError
 
@@ -25,7 +25,8 @@ class Recipe:
 
 # one entry per section of hypernet.generators' kinds (the GHN recipe serves both decoders)
 RECIPES = {"ghn": Recipe(fit.HypernetConfig, fit.Trainer),
-           "diffusion": Recipe(fit_diffusion.DiffusionRunConfig, fit_diffusion.DiffusionTrainer)}
+           "diffusion": Recipe(fit_diffusion.DiffusionRunConfig, fit_diffusion.DiffusionTrainer),
+           "igpg": Recipe(fit_igpg.IGPGRunConfig, fit_igpg.IGPGTrainer)}
 
 
 def recipe(kind: str) -> Recipe:

@@ -247,20 +247,22 @@ def test_generator_registry_finds_the_kind_of_instances_and_saved_configs(tmp_pa
     from hypernet.diffusion import DiffusionConfig, WeightDiffusion
     from hypernet.generators import GENERATORS, get, kind_of, kind_of_config
     from hypernet.ghn import GHNConfig, GraphHyperNetwork
+    from hypernet.igpg import IGPGConfig, WeightIGPG
     from zoo.errors import ZooError
 
-    assert GENERATORS.names() == ["diffusion", "ghn", "ghn-lowrank"]
-    with pytest.raises(ZooError, match=r"unknown generator kind 'gan'; valid: diffusion, ghn, ghn-lowrank"):
+    assert GENERATORS.names() == ["diffusion", "ghn", "ghn-lowrank", "igpg"]
+    with pytest.raises(ZooError, match=r"unknown generator kind 'gan'; valid: diffusion, ghn, ghn-lowrank, igpg"):
         get("gan")
     models = {"ghn": GraphHyperNetwork(GHNConfig(hidden=8, dec_hidden=8)),
               "ghn-lowrank": GraphHyperNetwork(GHNConfig(hidden=8, dec_hidden=8, decoder="lowrank", rank=2)),
-              "diffusion": WeightDiffusion(DiffusionConfig(token_size=8, d_model=16, layers=1, heads=2))}
+              "diffusion": WeightDiffusion(DiffusionConfig(token_size=8, d_model=16, layers=1, heads=2)),
+              "igpg": WeightIGPG(IGPGConfig(token_size=8, levels=[3, 3], ae_hidden=8, d_model=16, layers=1, heads=2))}
     for name, model in models.items():
         assert kind_of(model).name == name
         model.save_pretrained(tmp_path / name)
         saved = _json.loads((tmp_path / name / "config.json").read_text())
         assert kind_of_config(saved).name == name and kind_of_config(saved).model is type(model)
-    assert [get(k).samples for k in ("ghn", "ghn-lowrank", "diffusion")] == [False, False, True]
+    assert [get(k).samples for k in ("ghn", "ghn-lowrank", "diffusion", "igpg")] == [False, False, True, True]
     with pytest.raises(ZooError, match=r"x.json: not the config of a known generator kind .*its fields: colour"):
         kind_of_config({"colour": 1}, "x.json")
     with pytest.raises(ZooError, match=r"Linear is not a generator of a known kind"):

@@ -1,0 +1,227 @@
+"""`hypernet train --kind igpg`: fit the autoregressive weight generator (hypernet.igpg) to a zoo.
+
+Data: the same as the diffusion generator's (pipelines.fit_diffusion.MemberTokens): the final
+checkpoints of the training cells' members of one family (held-out cells and architectures never
+seen), canonicalized per architecture by weight matching, cut into tokens standardized with
+statistics pooled over the zoo. Each step draws one architecture and a batch of its members.
+
+Two stages in the one loop (pipelines.hypernet_train.fit), each with its own warm-up and cosine
+decay (`schedule`):
+1. steps [0, quantizer_steps): the FSQ autoencoder. Loss = mean squared error of the
+   reconstructed tokens over real values (+ task_weight x the task loss of the nets the
+   reconstructions decode to, with distill x KL to the cell's members, on training data; 0 by
+   default). With probability `augment` a member is randomly permuted first, so the quantizer
+   also sees non-canonical nets.
+2. steps [quantizer_steps, steps): the prior, on the frozen quantizer's codes of canonical members:
+   next-token cross-entropy of every digit, conditioned on the member's cell and architecture.
+Only the stage's parameters get gradients (AdamW skips the others). Every draw of step s comes from
+the loop's generator seeded by (seed, s), so a resumed run is the uninterrupted one.
+
+At the end the run reports the quantizer on every training member and on the members of held-out
+cells whose architecture it trained on: relative reconstruction error of the weights, and test
+accuracy of the reconstructed nets against the originals, beside the seed-to-seed spread of the
+originals' accuracy within a cell (hypernet.json "reconstruction").
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from hypernet.igpg import IGPGConfig, WeightIGPG
+from hypernet.symmetry import canonicalize
+from hypernet.tokenizer import KINDS
+from pipelines.fit import check_fields, section, top_level
+from pipelines.fit_diffusion import MemberTokens, arch_key
+from pipelines.hypernet_train import fused_adamw, warmup_cosine
+from zoo.errors import ZooError
+
+
+@dataclass
+class IGPGTrainConfig:
+    steps: int = 3000  # both stages
+    quantizer_steps: int = 1000  # the first stage
+    batch_size: int = 16  # members per step (one architecture per step)
+    lr: float = 1e-3  # the prior's peak lr
+    quantizer_lr: float = 1e-3  # the quantizer's peak lr
+    weight_decay: float = 1e-2
+    warmup: int = 100  # per stage
+    min_lr_ratio: float = 0.05
+    clip: float = 1.0
+    augment: float = 0.1  # quantizer stage: probability that a member is randomly permuted
+    task_weight: float = 0.0  # quantizer stage: weight of the reconstructed nets' task loss
+    distill: float = 1.0  # within that task loss: KL to the cell's trained members
+    data_batch: int = 128
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+
+@dataclass
+class IGPGRunConfig:
+    kind: str = "igpg"
+    igpg: dict = field(default_factory=dict)  # IGPGConfig fields (conditions, tokenizer, family: set here)
+    training: IGPGTrainConfig = field(default_factory=IGPGTrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "<config>") -> IGPGRunConfig:
+        d = top_level(d, source, "igpg")
+        if d.get("kind", "igpg") != "igpg":
+            raise ZooError(f"{source}: kind {d.get('kind')!r}; this config is for kind igpg")
+        model = section(d, "igpg", IGPGConfig, source,
+                        exclude={"conditions", "n_conditions", "tokenizer", "family", "trained_kinds"})
+        t = IGPGTrainConfig(**section(d, "training", IGPGTrainConfig, source))
+        check_fields(t, source, at_least_one=("steps", "quantizer_steps", "batch_size", "checkpoint_every",
+                                              "log_every", "data_batch"),
+                     positive=("lr", "quantizer_lr", "clip"), non_negative=("task_weight", "distill", "warmup"))
+        if t.quantizer_steps >= t.steps:
+            raise ZooError(f"{source}: training.quantizer_steps ({t.quantizer_steps}) must be below training.steps "
+                           f"({t.steps}): the prior trains in the steps after the quantizer's")
+        if not 0 <= t.augment <= 1:
+            raise ZooError(f"{source}: training.augment must be a probability in [0, 1] (got {t.augment})")
+        try:
+            IGPGConfig(**model)
+        except TypeError as e:
+            raise ZooError(f"{source}: igpg: {e}") from None
+        return cls("igpg", model, t)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "igpg": self.igpg, "training": asdict(self.training)}
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(pred.dtype)
+    return ((pred - target) ** 2 * m).sum() / m.sum().clamp_min(1.0)
+
+
+class IGPGTrainer(MemberTokens):
+    """The IGPG recipe of the one training loop."""
+
+    def __init__(self, zoo_dir: str | Path, out: str | Path, config: IGPGRunConfig,
+                 zoos: list[str] | None = None, progress: bool = True):
+        mc = IGPGConfig(**config.igpg)
+        self._load(zoo_dir, out, config, zoos, progress, mc.token_size, mc.token_scale, mc.token_pool,
+                   "an IGPG generator")
+        kinds = sorted({KINDS[s.kind] for a in self.archs.values() for s in a.layout.segments})
+        torch.manual_seed(config.training.seed)
+        self.model = WeightIGPG(IGPGConfig(**config.igpg, conditions=self.conditions.to_dict(),
+                                           tokenizer=self.tokenizer.to_dict(), family=self.family,
+                                           trained_kinds=kinds))
+        for a in self.archs.values():
+            self.model.check_layout(a.layout, f"architecture {a.cell.zoo}/{a.cell.cell}")
+        t = config.training
+        groups = []
+        for params in (self.model.quantizer_parameters(), self.model.prior_parameters()):
+            decay = [p for p in params if p.dim() >= 2]
+            other = [p for p in params if p.dim() < 2]
+            groups += [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW(groups, lr=t.lr, **fused_adamw())
+        self.kind, self.label = "igpg", "igpg train"
+
+    def stage(self, s: int) -> str:
+        return "quantizer" if s < self.config.training.quantizer_steps else "prior"
+
+    def schedule(self, s: int) -> float:
+        t = self.config.training
+        q = t.quantizer_steps
+        if s < q:
+            return warmup_cosine(s, SimpleNamespace(lr=t.quantizer_lr, warmup=t.warmup, steps=q,
+                                                    min_lr_ratio=t.min_lr_ratio))
+        return warmup_cosine(s - q, SimpleNamespace(lr=t.lr, warmup=t.warmup, steps=t.steps - q,
+                                                    min_lr_ratio=t.min_lr_ratio))
+
+    def step(self, s: int, gen: torch.Generator) -> tuple[float, dict[str, float], dict]:
+        t = self.config.training
+        if self.stage(s) == "quantizer":
+            x0, ids, mask, cond, arch, cells = self.batch(gen)
+            rec, _ = self.model.autoencode(x0, ids)
+            rec = rec * mask
+            mse = masked_mse(rec, x0, mask)
+            loss, task_v = mse, 0.0
+            if t.task_weight:
+                task, task_v, _ = self.task_loss(arch, rec, cells, gen)
+                loss = mse + t.task_weight * task
+            loss.backward()
+            return float(loss.detach()), {"recon_mse": float(mse.detach()), "task": task_v, "nll": 0.0}, \
+                {"stage": 0}
+        x0, ids, mask, cond, arch, cells = self.batch(gen, augment=0.0)
+        with torch.no_grad():
+            _, digits = self.model.quantize(x0, ids)
+        nll = self.model.prior_loss(digits, arch.layout, cond)
+        nll.backward()
+        return float(nll.detach()), {"recon_mse": 0.0, "task": 0.0, "nll": float(nll.detach())}, {"stage": 1}
+
+    def monitor(self) -> dict:
+        return {}
+
+    def info(self, rec: dict) -> str:
+        if rec.get("stage") == 0:
+            return f"quantizer: recon mse {rec['recon_mse']:.3f}"
+        return f"prior: nll {rec['nll']:.3f} nats/digit"
+
+    @torch.no_grad()
+    def reconstruction(self) -> dict:
+        """The quantizer on every training member and on the held-out cells' members of trained
+        architectures: relative weight error and test accuracy, reconstructed vs original."""
+        held = set(self.split.held_out_cells)
+        rows = []
+        for key, a in self.archs.items():
+            groups = [("train", [(st, ck) for st, _, ck in a.members])]
+            held_cells = [c for c in self.cells if c.key in held and c.rows and arch_key(c) == key]
+            groups.append(("held_out", [(canonicalize(st, a.reference, a.module), c.key)
+                                        for c in held_cells for st in c.states(self.root)]))
+            for split, members in groups:
+                for cell_key, items in _by_cell(members).items():
+                    task = a.tasks[cell_key].task if cell_key in a.tasks else \
+                        next(c for c in self.cells if c.key == cell_key).load_task()
+                    x0 = torch.stack([self.tokenizer.encode(st, a.layout) for st in items]).float()
+                    rec, _ = self.model.autoencode(x0, a.layout.ids())
+                    names = [n for n, _ in a.module.named_parameters()]
+                    orig = {n: torch.stack([st[n] for st in items]) for n in names}
+                    back = self.tokenizer.decode_batch(rec.double(), a.layout)
+                    back = {n: v.float() for n, v in back.items()}
+                    num = sum(float(((back[n] - orig[n]) ** 2).sum()) for n in names)
+                    den = sum(float((orig[n] ** 2).sum()) for n in names)
+                    buffers = {n: b.unsqueeze(0).expand(len(items), *b.shape).clone()
+                               for n, b in a.module.named_buffers()}
+                    a.module.eval()
+                    y = task.y_test.unsqueeze(0).expand(len(items), *task.y_test.shape)
+                    acc_o = task.objective.evaluate(a.fwd, orig, buffers, task.x_test, y)
+                    acc_r = task.objective.evaluate(a.fwd, back, buffers, task.x_test, y)
+                    metric = "acc" if "acc" in acc_o else "rel_l2"
+                    rows.append({"split": split, "cell": cell_key, "n": len(items), "rel_err": math.sqrt(num / den),
+                                 "original": acc_o[metric].tolist(), "reconstructed": acc_r[metric].tolist()})
+        out = {"metric": rows[0] and ("acc" if "acc" in acc_o else "rel_l2"), "per_cell": rows}
+        for split in ("train", "held_out"):
+            rs = [r for r in rows if r["split"] == split]
+            if not rs:
+                continue
+            diff = [r2 - o for r in rs for o, r2 in zip(r["original"], r["reconstructed"])]
+            spread = [float(np.std(r["original"], ddof=1)) for r in rs if r["n"] > 1]
+            out[split] = {"members": sum(r["n"] for r in rs),
+                          "rel_err_median": float(np.median([r["rel_err"] for r in rs])),
+                          "score_diff_median": float(np.median(diff)),
+                          "score_diff_mean": float(np.mean(diff)),
+                          "seed_std_median": float(np.median(spread)) if spread else None}
+        return out
+
+    def meta(self) -> dict:
+        layouts = [a.layout for a in self.archs.values()]
+        return {"references": self.references, "n_params": self.model.n_params(),
+                "quantizer_params": sum(p.numel() for p in self.model.quantizer_parameters()),
+                "n_training_members": sum(len(a.members) for a in self.archs.values()),
+                "codes": {"levels": self.model.config.levels, "bits_per_token":
+                          sum(math.log2(v) for v in self.model.config.levels),
+                          "bits_per_value": [self.model.bits_per_value(lay) for lay in layouts]},
+                "reconstruction": self.reconstruction()}
+
+
+def _by_cell(members):
+    out: dict[str, list] = {}
+    for st, ck in members:
+        out.setdefault(ck, []).append(st)
+    return out
