@@ -224,6 +224,15 @@ def _arch_cases(cells: list[ZooCell], notes: list[str]) -> list[ArchCase]:
         by_width: dict = {}
         for c in mid_cells:  # the first cell (plan order) of each width at the middle temperature
             by_width.setdefault(c.arch.get("width"), c)
+        # a sampled plane has one temperature a point: a width without a cell at the middle one takes
+        # its cell nearest to it (a grid has every width there, so this changes no grid split)
+        for w in widths:
+            if w not in by_width:
+                near = min((c for c in zc if c.arch.get("width") == w),
+                           key=lambda c: (abs(math.log(c.temperature / t_mid)) if c.temperature > 0 < t_mid
+                                          else abs(c.temperature - t_mid), c.cell))
+                by_width[w] = near
+                mid_cells.append(near)
         load_is_width = zc[0].load_param == "width"
 
         def ref_of(depth=None, width=None) -> ZooCell:

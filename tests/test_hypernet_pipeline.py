@@ -86,6 +86,27 @@ def test_split_of_the_tiny_zoo(zoo_dir):
     assert all(a.temperature == 128 for a in split.arch_cases)  # the middle temperature of [64, 128]
 
 
+def test_split_of_a_sampled_plane(tmp_path):
+    """A sampled plane has one temperature a point, so most widths have no cell at the middle
+    temperature: each held-out architecture takes the cell of its base width nearest to it."""
+    from tests.test_sampling import random_spec
+
+    spec = parse_spec(random_spec(9, training={"epochs": 1}, checkpoints=[0, 1], seeds=[0], metrics={"enabled": False}))
+    build(Collection("s", [spec]), tmp_path / "z", use_ray=False, progress=False)
+    cells = load_cells(tmp_path / "z")
+    assert len({c.temperature for c in cells}) == len(cells) and len({c.arch["width"] for c in cells}) == 3
+    split = make_split(cells)
+    cases = {a.name: a for a in split.arch_cases}
+    assert {"between", "narrower", "wider", "shallower", "deeper"} <= set(cases)
+    temps = sorted(c.temperature for c in cells)
+    t_mid = temps[len(temps) // 2]
+    by_key = {c.cell: c for c in cells}
+    for name, base in (("between", 4), ("narrower", 4), ("wider", 16)):
+        ref = by_key[cases[name].reference_cell]
+        near = min((c for c in cells if c.arch["width"] == base), key=lambda c: abs(math.log(c.temperature / t_mid)))
+        assert ref.arch["width"] == base and ref.cell == near.cell and cases[name].temperature == near.temperature
+
+
 def test_condition_normalization_and_resolution():
     n = AxisNorm.fit("batch_size", [16, 64, 256])
     assert n.log and math.isclose(n(64, "t"), 0.0, abs_tol=1e-12)
