@@ -58,8 +58,8 @@ class IGPGConfig:
     token_size: int = 128
     token_scale: str = "fan_in"  # hypernet.tokenizer scale
     token_pool: str = "role"  # hypernet.tokenizer pool
-    levels: list[int] = field(default_factory=lambda: [16])  # FSQ levels, one per latent dim (or one for all)
-    latent_dims: int = 0  # > 0 with one entry in levels: that many latent dims of those levels
+    levels: list[int] = field(default_factory=lambda: [32])  # FSQ levels, one per latent dim (or one for all)
+    latent_dims: int = 0  # with one entry in levels: that many latent dims of those levels (0: token_size)
     ae_hidden: int = 512  # width of the quantizer's encoder / decoder MLPs
     ae_layers: int = 2  # hidden layers of each
     d_model: int = 128
@@ -89,6 +89,10 @@ class IGPGConfig:
         if self.token_pool not in POOLS:
             raise ZooError(f"IGPGConfig.token_pool {self.token_pool!r} is not valid; valid: {', '.join(POOLS)}")
         self.levels = list(self.levels)
+        if self.latent_dims < 0:
+            raise ZooError(f"IGPGConfig.latent_dims must be >= 0; got {self.latent_dims}")
+        if len(self.levels) == 1 and not self.latent_dims:
+            self.latent_dims = self.token_size
         if self.latent_dims:
             if len(self.levels) == 1:
                 self.levels = self.levels * self.latent_dims
@@ -374,11 +378,24 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
             x = b(x)
         return self._logits(x[:, prefix.shape[1]:])
 
-    def prior_loss(self, digits: torch.Tensor, layout: TokenLayout,
-                   condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean next-token cross-entropy per digit (nats)."""
+    def prior_loss(self, digits: torch.Tensor, layout: TokenLayout, condition: torch.Tensor | None = None,
+                   return_logits: bool = False):
+        """Mean next-token cross-entropy per digit (nats); with return_logits also the logits."""
         logits = self.prior_logits(digits, layout, condition)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), digits.reshape(-1))
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), digits.reshape(-1))
+        return (nll, logits) if return_logits else nll
+
+    def sampled_latent(self, logits: torch.Tensor, generator: torch.Generator | None = None,
+                       tau: float = 1.0) -> torch.Tensor:
+        """A draw of each token's latent from the prior's logits (..., D, Lmax) -> (..., D), with a
+        straight-through Gumbel-softmax gradient (what a task loss on the prior's samples trains
+        through; the mean latent of a spread distribution is ~0, which decodes to a dead net)."""
+        u = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9)
+        soft = ((logits - torch.log(-torch.log(u))) / tau).softmax(-1)
+        hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
+        hw = self.fsq.half_w[:, None]
+        values = (torch.arange(logits.shape[-1], dtype=torch.float32)[None, :] - hw) / hw  # (D, Lmax): level -> latent
+        return ((hard + soft - soft.detach()) * values.masked_fill(~self.valid, 0.0)).sum(-1)
 
     @torch.no_grad()
     def sample_digits(self, layout: TokenLayout, condition: torch.Tensor | None = None, n: int = 1,

@@ -13,7 +13,10 @@ decay (`schedule`):
    default). With probability `augment` a member is randomly permuted first, so the quantizer
    also sees non-canonical nets.
 2. steps [quantizer_steps, steps): the prior, on the frozen quantizer's codes of canonical members:
-   next-token cross-entropy of every digit, conditioned on the member's cell and architecture.
+   next-token cross-entropy of every digit, conditioned on the member's cell and architecture
+   (+ prior_task_weight x the task loss of nets drawn from the prior's teacher-forced logits with a
+   straight-through Gumbel-softmax, decoded by the frozen decoder: the cross-entropy alone samples
+   nets at chance, README).
 Only the stage's parameters get gradients (AdamW skips the others). Every draw of step s comes from
 the loop's generator seeded by (seed, s), so a resumed run is the uninterrupted one.
 
@@ -54,7 +57,8 @@ class IGPGTrainConfig:
     clip: float = 1.0
     augment: float = 0.1  # quantizer stage: probability that a member is randomly permuted
     task_weight: float = 0.0  # quantizer stage: weight of the reconstructed nets' task loss
-    distill: float = 1.0  # within that task loss: KL to the cell's trained members
+    prior_task_weight: float = 0.0  # prior stage: weight of the task loss of nets drawn from it (Gumbel straight-through)
+    distill: float = 1.0  # within either task loss: KL to the cell's trained members
     data_batch: int = 128
     seed: int = 0
     checkpoint_every: int = 500
@@ -77,7 +81,7 @@ class IGPGRunConfig:
         t = IGPGTrainConfig(**section(d, "training", IGPGTrainConfig, source))
         check_fields(t, source, at_least_one=("steps", "quantizer_steps", "batch_size", "checkpoint_every",
                                               "log_every", "data_batch"),
-                     positive=("lr", "quantizer_lr", "clip"), non_negative=("task_weight", "distill", "warmup"))
+                     positive=("lr", "quantizer_lr", "clip"), non_negative=("task_weight", "prior_task_weight", "distill", "warmup"))
         if t.quantizer_steps >= t.steps:
             raise ZooError(f"{source}: training.quantizer_steps ({t.quantizer_steps}) must be below training.steps "
                            f"({t.steps}): the prior trains in the steps after the quantizer's")
@@ -151,9 +155,16 @@ class IGPGTrainer(MemberTokens):
         x0, ids, mask, cond, arch, cells = self.batch(gen, augment=0.0)
         with torch.no_grad():
             _, digits = self.model.quantize(x0, ids)
-        nll = self.model.prior_loss(digits, arch.layout, cond)
-        nll.backward()
-        return float(nll.detach()), {"recon_mse": 0.0, "task": 0.0, "nll": float(nll.detach())}, {"stage": 1}
+        nll, logits = self.model.prior_loss(digits, arch.layout, cond, return_logits=True)
+        loss, task_v = nll, 0.0
+        if t.prior_task_weight:  # nets the prior samples (teacher-forced), decoded; the quantizer stays frozen
+            tokens = self.model.decode_latent(self.model.sampled_latent(logits, gen), ids) * mask
+            task, task_v, _ = self.task_loss(arch, tokens, cells, gen)
+            loss = nll + t.prior_task_weight * task
+        loss.backward()
+        for p in self.model.quantizer_parameters():
+            p.grad = None
+        return float(loss.detach()), {"recon_mse": 0.0, "task": task_v, "nll": float(nll.detach())}, {"stage": 1}
 
     def monitor(self) -> dict:
         return {}
@@ -161,7 +172,7 @@ class IGPGTrainer(MemberTokens):
     def info(self, rec: dict) -> str:
         if rec.get("stage") == 0:
             return f"quantizer: recon mse {rec['recon_mse']:.3f}"
-        return f"prior: nll {rec['nll']:.3f} nats/digit"
+        return f"prior: nll {rec['nll']:.3f} nats/digit, task {rec['task']:.3f}"
 
     @torch.no_grad()
     def reconstruction(self) -> dict:

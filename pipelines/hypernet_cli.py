@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, nargs="+", help="seeds per case (default: 5, the zoo's member seeds first)")
     e.add_argument("--threads", type=int, help="torch threads to train with (default: torch's, one per core); "
                    "results.json records it")
+    e.add_argument("--samples", type=int, default=1, help="nets a sampling generator (diffusion, igpg) draws per "
+                   "case, keeping the lowest training loss (default: 1)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     c = sub.add_parser("compare", help="one table of several `hypernet eval` results on the same held-out cases")
     c.add_argument("results", nargs="+", help="results folders (or results.json files) of `hypernet eval`")
@@ -87,7 +89,7 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | None = None) -> int:
+def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | None = None, samples: int = 1) -> int:
     import torch
 
     from pipelines.benchmark import benchmark, summary_line
@@ -99,7 +101,7 @@ def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | No
             raise ZooError(f"--threads {threads}: must be at least 1")
         torch.set_num_threads(threads)
 
-    doc = benchmark(run, zoo, out=out, seeds=seeds, progress=not quiet)
+    doc = benchmark(run, zoo, out=out, seeds=seeds, progress=not quiet, samples=samples)
     print(summary_line(doc))
     print(f"wrote {out}/results.json, results.md and curves-*.png")
     return 0
@@ -107,7 +109,7 @@ def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | No
 
 def cmd_eval(a) -> int:
     run = Path(a.hypernet)
-    return _eval(run, Path(a.zoo), Path(a.out or f"results/{run.name}"), a.seeds, a.quiet, a.threads)
+    return _eval(run, Path(a.zoo), Path(a.out or f"results/{run.name}"), a.seeds, a.quiet, a.threads, a.samples)
 
 
 def cmd_predict(a) -> int:

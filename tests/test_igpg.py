@@ -39,6 +39,15 @@ def test_fsq_digits_and_latents_round_trip():
     # every level is reachable (no dead codes), latents are in [-1, 1], digits <-> latents exactly
     assert all(len(digits[:, i].unique()) == L for i, L in enumerate([3, 4, 5, 8, 16]))
     assert q.abs().max() <= 1 and torch.equal(fsq.latent(digits), q.detach())
+    # a draw from a distribution sure of one level per digit is that level's latent, with gradients
+    gen = WeightIGPG(IGPGConfig(token_size=16, levels=[4, 8], ae_hidden=16, d_model=16, layers=1, heads=2))
+    d = torch.tensor([[0, 7], [3, 0], [2, 5]])
+    sure = torch.full((3, 2, 8), -30.0).scatter(-1, d.unsqueeze(-1), 30.0).masked_fill(~gen.valid, float("-inf"))
+    sure.requires_grad_(True)
+    draw = gen.sampled_latent(sure, torch.Generator().manual_seed(0))
+    assert torch.equal(draw.detach(), gen.fsq.latent(d))
+    (draw * torch.randn(draw.shape)).sum().backward()
+    assert torch.isfinite(sure.grad).all()
     # straight-through: the rounding passes gradients
     z.requires_grad_(True)
     fsq(z)[0].sum().backward()
@@ -154,7 +163,7 @@ TINY = {"kind": "igpg",
         "igpg": {"token_size": 16, "levels": [8], "latent_dims": 16, "ae_hidden": 32, "d_model": 32, "layers": 1,
                  "heads": 2, "max_len": 256},
         "training": {"steps": 10, "quantizer_steps": 5, "batch_size": 3, "lr": 3e-3, "quantizer_lr": 3e-3,
-                     "warmup": 1, "augment": 0.5, "task_weight": 0.5, "data_batch": 16, "checkpoint_every": 3,
+                     "warmup": 1, "augment": 0.5, "task_weight": 0.5, "prior_task_weight": 0.5, "data_batch": 16, "checkpoint_every": 3,
                      "log_every": 2}}
 
 
@@ -180,7 +189,14 @@ def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     # stage 1 (steps 1-5): the quantizer, its task term on; stage 2: the prior's cross-entropy
     assert [r["stage"] for r in log] == [0, 0, 1, 1, 1]
     assert all(r["recon_mse"] > 0 and r["task"] > 0 and r["nll"] == 0 for r in log[:2])
-    assert all(0 < r["nll"] < math.log(8) + 0.5 and r["recon_mse"] == 0 for r in log[3:])
+    assert all(0 < r["nll"] < math.log(8) + 0.5 and r["recon_mse"] == 0 and r["task"] > 0 for r in log[3:])
+    # the prior's task term trains the prior only: a prior step leaves the quantizer without gradients
+    from pipelines.fit_igpg import IGPGTrainer
+
+    tr = IGPGTrainer(deep_zoo, tmp_path / "unused", IGPGRunConfig.from_dict(TINY), progress=False)
+    tr.step(TINY["training"]["quantizer_steps"], torch.Generator().manual_seed(0))
+    assert all(p.grad is None for p in tr.model.quantizer_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.model.prior_parameters())
     rec = meta["reconstruction"]
     assert rec["metric"] == "acc" and rec["train"]["members"] == 6 and rec["held_out"]["members"] == 2
     assert all(len(r["original"]) == len(r["reconstructed"]) == r["n"] for r in rec["per_cell"])
@@ -207,10 +223,13 @@ def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     # the shared benchmark, with the memorization audit of a sampling generator
     from pipelines.benchmark import benchmark
 
-    doc = benchmark(out, deep_zoo, out=tmp_path / "res", seeds=[0], progress=False)
-    assert doc["kind"] == "igpg" and doc["summary"]["n_cases"]["cells"] == 1
+    doc = benchmark(out, deep_zoo, out=tmp_path / "res", seeds=[0], progress=False, samples=2)
+    assert doc["kind"] == "igpg" and doc["summary"]["n_cases"]["cells"] == 1 and doc["samples"] == 2
     assert doc["memorization"]["nn_distance_ratio_median"] > 0
-    assert (tmp_path / "res" / "results.md").read_text().startswith("# Init benchmark: igpg (igpg)")
+    md = (tmp_path / "res" / "results.md").read_text()
+    assert md.startswith("# Init benchmark: igpg (igpg)") and "2 samples per case, the lowest training loss kept" in md
+    assert hypernet_main(["eval", "--hypernet", str(out), "--zoo", str(deep_zoo), "--samples", "0",
+                          "--out", str(tmp_path / "r0"), "--quiet"]) == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: igpg\ntraining: {steps: 4, quantizer_steps: 9}\n")
     assert hypernet_main(["train", "--zoo", str(deep_zoo), "--config", str(bad), "--out", str(tmp_path / "x")]) == 2

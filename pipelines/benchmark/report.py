@@ -113,7 +113,9 @@ def markdown(doc: dict) -> str:
     lines = [
         f"# Init benchmark: {doc['hypernet']} ({doc.get('kind')})",
         "",
-        f"Zoo `{doc['zoo']}`, seeds {doc['seeds']}; score = {doc['results'][0]['metric']}. Speedup = steps "
+        f"Zoo `{doc['zoo']}`, seeds {doc['seeds']}"
+        f"{'; ' + str(doc['samples']) + ' samples per case, the lowest training loss kept' if doc.get('samples') else ''}"
+        f"; score = {doc['results'][0]['metric']}. Speedup = steps "
         f"for random init to reach its own final score / steps for the init (per case the median over seeds; "
         f"below the median over cases, with a bootstrap 95% interval over cases and seeds). Machine: "
         f"{machine_line(doc.get('machine'))}.",

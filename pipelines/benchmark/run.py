@@ -20,11 +20,16 @@ from pipelines.benchmark.protocol import DEFAULT_SEEDS, cases_of, run_case, summ
 from pipelines.benchmark.report import write_outputs
 
 def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | None = None,
-              seeds: list[int] | None = None, progress: bool = True, name: str | None = None) -> dict:
-    """Run the init benchmark of a `hypernet train` run folder on its zoo; write results to `out`."""
+              seeds: list[int] | None = None, progress: bool = True, name: str | None = None,
+              samples: int = 1) -> dict:
+    """Run the init benchmark of a `hypernet train` run folder on its zoo; write results to `out`.
+    samples: nets a sampling generator draws per case, keeping the one of lowest training loss
+    (hypernet.api.predict_params); a GHN predicts one."""
     from pipelines.fit import read_run
 
     hypernet_dir, zoo_root = Path(hypernet_dir), Path(zoo_dir)
+    if samples < 1:
+        raise ZooError(f"--samples {samples}: must be at least 1")
     meta = read_run(hypernet_dir)
     ghn = load_hypernet(hypernet_dir)
     spec = ghn.conditions
@@ -50,7 +55,7 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
         for case in cases:
             if bar:
                 bar[0].update(bar[1], info=case.key)
-            results.append(run_case(case, ghn, spec, train_cells, zoo_root, seeds))
+            results.append(run_case(case, ghn, spec, train_cells, zoo_root, seeds, samples=samples))
             if bar:
                 bar[0].advance(bar[1])
     finally:
@@ -61,6 +66,7 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
         "kind": meta.get("kind"),
         "zoo": str(zoo_root),
         "seeds": seeds,
+        **({"samples": samples} if samples > 1 else {}),
         "protocol": "held-out cells and architectures; random vs generator vs the baselines (nearest zoo model, "
                     "weight selection, LSUV, ZerO, orthogonal); steps-to-target = first step reaching the final "
                     "score of random init (same seed); medians with bootstrap 95% intervals over cases and seeds",
