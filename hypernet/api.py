@@ -110,8 +110,8 @@ def predict_params(gen: Generator, model: nn.Module, condition: torch.Tensor | N
     """Every parameter of `model` as the generator predicts it (a dict; the model is not modified).
 
     A GHN predicts deterministically. A sampling generator (diffusion: DDIM samples; IGPG: code
-    sequences drawn by its prior) draws `n` samples (seeded) and, for n > 1, keeps the one with the lowest loss on the first 512 training samples of the zoo's
-    task (never test data)."""
+    sequences drawn by its prior) draws `n` samples (seeded) and, for n > 1, keeps the one with
+    the lowest loss on the first 512 training samples of the zoo's task (never test data)."""
     if not kind_of(gen).samples:  # a GHN: one deterministic prediction
         return gen.predict(model, condition, example_input=example_input)
     from hypernet.tokenizer import TokenLayout, WeightTokenizer

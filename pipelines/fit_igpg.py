@@ -179,7 +179,7 @@ class IGPGTrainer(MemberTokens):
         """The quantizer on every training member and on the held-out cells' members of trained
         architectures: relative weight error and test accuracy, reconstructed vs original."""
         held = set(self.split.held_out_cells)
-        rows = []
+        rows, metric = [], None
         for key, a in self.archs.items():
             groups = [("train", [(st, ck) for st, _, ck in a.members])]
             held_cells = [c for c in self.cells if c.key in held and c.rows and arch_key(c) == key]
@@ -203,10 +203,10 @@ class IGPGTrainer(MemberTokens):
                     y = task.y_test.unsqueeze(0).expand(len(items), *task.y_test.shape)
                     acc_o = task.objective.evaluate(a.fwd, orig, buffers, task.x_test, y)
                     acc_r = task.objective.evaluate(a.fwd, back, buffers, task.x_test, y)
-                    metric = "acc" if "acc" in acc_o else "rel_l2"
+                    metric = "acc" if "acc" in acc_o else "rel_l2"  # classification, else a PINN's error
                     rows.append({"split": split, "cell": cell_key, "n": len(items), "rel_err": math.sqrt(num / den),
                                  "original": acc_o[metric].tolist(), "reconstructed": acc_r[metric].tolist()})
-        out = {"metric": rows[0] and ("acc" if "acc" in acc_o else "rel_l2"), "per_cell": rows}
+        out = {"metric": metric if rows else None, "per_cell": rows}
         for split in ("train", "held_out"):
             rs = [r for r in rows if r["split"] == split]
             if not rs:
