@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
+from hypernet.tokenizer import layer_role
 from zoo.errors import ZooError
 
 SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
@@ -214,8 +215,7 @@ class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo"
         the network), kind, row mod base_rows, chunk mod base_chunks (wider tensors tile the base)."""
         c = self.config
         layer = ids[..., 0]
-        last = layer.amax(dim=-1, keepdim=True)
-        role = torch.where(layer == 0, 0, torch.where(layer == last, 2, 1))
+        role = layer_role(layer, layer.amax(dim=-1, keepdim=True))
         return ((role * c.n_kinds + ids[..., 1]) * c.base_rows + ids[..., 2] % c.base_rows) * c.base_chunks \
             + ids[..., 3] % c.base_chunks
 

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
 from hypernet.diffusion import sinusoid
-from hypernet.tokenizer import KINDS, TokenLayout
+from hypernet.tokenizer import KINDS, TokenLayout, layer_role
 from zoo.errors import ZooError
 
 
@@ -182,7 +182,7 @@ class _Position(nn.Module):
         layer = ids[..., 0]
         if last is None:
             last = layer.amax(dim=-1, keepdim=True)
-        role = torch.where(layer == 0, 0, torch.where(layer == last, 2, 1))
+        role = layer_role(layer, last)
         h = self.d // 2
         s = torch.cat([sinusoid(layer, h), sinusoid(ids[..., 2], h), sinusoid(ids[..., 3], h)], dim=-1)
         return self.kind(ids[..., 1]) + self.role(role) + self.proj(s)
@@ -343,7 +343,7 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         c, d = self.config, self.config.d_model
         seg = segment_ids(layout)
         last = int(seg[:, 0].max())
-        role = torch.where(seg[:, 0] == 0, 0, torch.where(seg[:, 0] == last, 2, 1))
+        role = layer_role(seg[:, 0], last)
         h = d // 2
         s = torch.cat([sinusoid(seg[:, 0], h), sinusoid(seg[:, 2], h), sinusoid(seg[:, 3], h)], dim=-1)
         segs = self.kind_seg(seg[:, 1]) + self.role_seg(role) + self.seg_proj(s) + self.slot.weight[1]
@@ -393,8 +393,8 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         u = torch.rand(logits.shape, generator=generator).clamp(1e-9, 1 - 1e-9)
         soft = ((logits - torch.log(-torch.log(u))) / tau).softmax(-1)
         hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
-        hw = self.fsq.half_w[:, None]
-        values = (torch.arange(logits.shape[-1], dtype=torch.float32)[None, :] - hw) / hw  # (D, Lmax): level -> latent
+        D, Lmax = len(self.config.levels), logits.shape[-1]
+        values = self.fsq.latent(torch.arange(Lmax)[:, None].expand(Lmax, D)).T  # (D, Lmax): level -> latent
         return ((hard + soft - soft.detach()) * values.masked_fill(~self.valid, 0.0)).sum(-1)
 
     @torch.no_grad()

@@ -424,6 +424,12 @@ class WeightTokenizer:
                    scale=d.get("scale", "none"), pool=d.get("pool", "layer"))
 
 
+def layer_role(layer: torch.Tensor, last) -> torch.Tensor:
+    """Role ids of layer indices, as pool="role" names them: 0 first (layer 0, also when it is the
+    only one), 2 last (layer == last), 1 hidden. last: an int or a tensor broadcasting with layer."""
+    return torch.where(layer == 0, 0, torch.where(layer == last, 2, 1))
+
+
 def _key_order(key: str) -> tuple:
     layer, _, kind = key.partition(":")
     roles = {"first": 0, "hidden": 1, "last": 2}

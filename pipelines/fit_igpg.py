@@ -181,6 +181,7 @@ class IGPGTrainer(MemberTokens):
         held = set(self.split.held_out_cells)
         rows, metric = [], None
         for key, a in self.archs.items():
+            names = [n for n, _ in a.module.named_parameters()]
             groups = [("train", [(st, ck) for st, _, ck in a.members])]
             held_cells = [c for c in self.cells if c.key in held and c.rows and arch_key(c) == key]
             groups.append(("held_out", [(canonicalize(st, a.reference, a.module), c.key)
@@ -191,7 +192,6 @@ class IGPGTrainer(MemberTokens):
                         next(c for c in self.cells if c.key == cell_key).load_task()
                     x0 = torch.stack([self.tokenizer.encode(st, a.layout) for st in items]).float()
                     rec, _ = self.model.autoencode(x0, a.layout.ids())
-                    names = [n for n, _ in a.module.named_parameters()]
                     orig = {n: torch.stack([st[n] for st in items]) for n in names}
                     back = self.tokenizer.decode_batch(rec.double(), a.layout)
                     back = {n: v.float() for n, v in back.items()}
