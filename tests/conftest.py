@@ -52,3 +52,23 @@ def tiny_spec(name: str = "tiny", **over) -> dict:
 def write_spec(path: Path, spec: dict) -> Path:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def interrupt_after(monkeypatch, cls, name: str, calls: int, run) -> None:
+    """Run `run()` with cls.name raising KeyboardInterrupt at its call number calls + 1 (a kill in
+    the middle of a training step), expect the interrupt, and restore the method: what the
+    exact-resume tests of every generator kind interrupt their runs with."""
+    import pytest
+
+    original, n = getattr(cls, name), {"calls": 0}
+
+    def flaky(self, *a, **k):
+        n["calls"] += 1
+        if n["calls"] > calls:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(cls, name, flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(cls, name, original)

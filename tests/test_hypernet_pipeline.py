@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import hypernet
-from tests.conftest import tiny_spec
+from tests.conftest import interrupt_after, tiny_spec
 from tests.hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
 from hypernet.api import load_hypernet, predict_init
 from hypernet.conditions import AxisNorm, ConditionSpec
@@ -173,20 +173,10 @@ def test_training_run_folder_and_loss_decreases(run_dir):
 
 def test_resume_after_an_interruption_is_exact(zoo_dir, run_dir, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
-    calls = {"n": 0}
-    original = Trainer.cell_loss
-
-    def flaky(self, cell, gen):
-        calls["n"] += 1
-        if calls["n"] > 2 * 13:  # meta_batch 2: interrupted inside step 14, after the checkpoint at 10
-            raise KeyboardInterrupt
-        return original(self, cell, gen)
-
-    monkeypatch.setattr(Trainer, "cell_loss", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        train(zoo_dir, out, tiny_config(), progress=False)
+    # meta_batch 2: interrupted inside step 14, after the checkpoint at 10
+    interrupt_after(monkeypatch, Trainer, "cell_loss", 2 * 13,
+                    lambda: train(zoo_dir, out, tiny_config(), progress=False))
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 10
-    monkeypatch.setattr(Trainer, "cell_loss", original)
     with pytest.raises(ZooError, match="--resume"):
         train(zoo_dir, out, tiny_config(), progress=False)
     with pytest.raises(ZooError, match="different hypernet config"):
@@ -489,19 +479,9 @@ def test_diffusion_resume_after_an_interruption_is_exact(zoo_dir, tmp_path, monk
            "training": {"steps": 8, "batch_size": 3, "lr": 3e-3, "warmup": 2, "augment": 0.5, "data_batch": 16,
                         "checkpoint_every": 4, "log_every": 2}}
     whole = train_diffusion(zoo_dir, tmp_path / "whole", DiffusionRunConfig.from_dict(cfg), progress=False)
-    original, calls = DiffusionTrainer.task_loss, {"n": 0}
-
-    def flaky(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] > 6:  # inside step 7, after the checkpoint at 4
-            raise KeyboardInterrupt
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(DiffusionTrainer, "task_loss", flaky)
     out = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        train_diffusion(zoo_dir, out, DiffusionRunConfig.from_dict(cfg), progress=False)
-    monkeypatch.setattr(DiffusionTrainer, "task_loss", original)
+    interrupt_after(monkeypatch, DiffusionTrainer, "task_loss", 6,  # inside step 7, after the checkpoint at 4
+                    lambda: train_diffusion(zoo_dir, out, DiffusionRunConfig.from_dict(cfg), progress=False))
     meta = train_diffusion(zoo_dir, out, DiffusionRunConfig.from_dict(cfg), resume=True, progress=False)
     assert meta["resumed_from"] == 4 and meta["steps"] == whole["steps"] == 8
     a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))

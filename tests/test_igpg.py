@@ -15,7 +15,7 @@ from hypernet.api import load_hypernet, predict_init
 from hypernet.igpg import FSQ, IGPGConfig, WeightIGPG
 from hypernet.tokenizer import TokenLayout
 from pipelines.build import build
-from tests.conftest import tiny_spec
+from tests.conftest import interrupt_after, tiny_spec
 from zoo import nets
 from zoo.errors import ZooError
 from zoo.spec import Collection, parse_spec
@@ -245,19 +245,10 @@ def test_igpg_resume_after_an_interruption_is_exact(deep_zoo, tmp_path, monkeypa
     cfg = {**TINY, "training": {**TINY["training"], "steps": 8, "quantizer_steps": 4, "checkpoint_every": 3,
                                 "log_every": 2}}
     train(deep_zoo, tmp_path / "whole", IGPGRunConfig.from_dict(cfg), progress=False)
-    original, calls = WeightIGPG.prior_loss, {"n": 0}
-
-    def flaky(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] > 3:  # inside step 8 (the 4th prior step), after the checkpoint at 6
-            raise KeyboardInterrupt
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(WeightIGPG, "prior_loss", flaky)
     out = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        train(deep_zoo, out, IGPGRunConfig.from_dict(cfg), progress=False)
-    monkeypatch.setattr(WeightIGPG, "prior_loss", original)
+    # inside step 8 (the 4th prior step), after the checkpoint at 6
+    interrupt_after(monkeypatch, WeightIGPG, "prior_loss", 3,
+                    lambda: train(deep_zoo, out, IGPGRunConfig.from_dict(cfg), progress=False))
     meta = train(deep_zoo, out, IGPGRunConfig.from_dict(cfg), resume=True, progress=False)
     assert meta["resumed_from"] == 6 and meta["steps"] == 8
     a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
