@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
-from hypernet.tokenizer import layer_role
+from hypernet.tokenizer import tile_index
 from zoo.errors import ZooError
 
 SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
@@ -211,13 +211,9 @@ class WeightDiffusion(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo"
         return out
 
     def base_index(self, ids: torch.Tensor) -> torch.Tensor:
-        """(..., N, 4) token ids -> index of the base-net token: role (first / hidden / last layer of
-        the network), kind, row mod base_rows, chunk mod base_chunks (wider tensors tile the base)."""
+        """(..., N, 4) token ids -> index of the base-net token (hypernet.tokenizer.tile_index)."""
         c = self.config
-        layer = ids[..., 0]
-        role = layer_role(layer, layer.amax(dim=-1, keepdim=True))
-        return ((role * c.n_kinds + ids[..., 1]) * c.base_rows + ids[..., 2] % c.base_rows) * c.base_chunks \
-            + ids[..., 3] % c.base_chunks
+        return tile_index(ids, c.n_kinds, c.base_rows, c.base_chunks)
 
     def loss(self, x0: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor | None = None,
              generator: torch.Generator | None = None, return_x0: bool = False, t: torch.Tensor | None = None):

@@ -430,6 +430,19 @@ def layer_role(layer: torch.Tensor, last) -> torch.Tensor:
     return torch.where(layer == 0, 0, torch.where(layer == last, 2, 1))
 
 
+def tile_index(ids: torch.Tensor, n_kinds: int, rows: int, chunks: int, last=None) -> torch.Tensor:
+    """(..., N, 4) token ids -> the index of a per-position table that is shared by every net:
+    role (first / hidden / last layer), kind, row mod rows, chunk mod chunks (wider tensors and
+    longer rows tile it). last: the net's last layer index (default: the largest in ids, which
+    are then a whole net's). What the diffusion generator's base net and the IGPG prior's base
+    distribution are indexed by; 3 * n_kinds * rows * chunks entries."""
+    layer = ids[..., 0]
+    if last is None:
+        last = layer.amax(dim=-1, keepdim=True)
+    role = layer_role(layer, last)
+    return ((role * n_kinds + ids[..., 1]) * rows + ids[..., 2] % rows) * chunks + ids[..., 3] % chunks
+
+
 def _key_order(key: str) -> tuple:
     layer, _, kind = key.partition(":")
     roles = {"first": 0, "hidden": 1, "last": 2}
