@@ -35,6 +35,16 @@ The prior: a pre-LN causal transformer over
   W_z · the quantized latent of token j-1 (zero for the first). Its output predicts token j's
   digits. So the model always knows which tensor, row and chunk it is writing.
 
+The digit head (`head`). "logistic" (default): each digit is a discretized logistic over its
+levels (PixelCNN++'s output), located and scaled by a per-position base table (indexed like the
+diffusion generator's base net: role, kind, row mod base_rows, chunk mod base_chunks; set to the
+training codes' per-entry mean and spread when the prior stage starts, `init_base`) plus the
+transformer's shift of both. Why: the digits are ordinal (neighbouring levels are neighbouring
+weight values), and a categorical head of Lmax unrelated classes per digit, with one d_model-wide
+hidden state behind 128 x 32 logits, did not even learn the per-position marginals on the default
+zoo: its teacher-forced argmax nets were at chance, below nets drawn from a diagonal Gaussian
+of the members' per-position mean and spread (README). "categorical": that head, for comparison.
+
 Sampling draws the digits token by token (temperature, top-k per digit, a torch.Generator: the
 same seed gives the same net), with a key/value cache, then decodes all tokens at once.
 """
@@ -49,8 +59,11 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
 from hypernet.diffusion import sinusoid
-from hypernet.tokenizer import KINDS, TokenLayout, layer_role
+from hypernet.tokenizer import KINDS, TokenLayout, layer_role, tile_index
 from zoo.errors import ZooError
+
+
+HEADS = ("logistic", "categorical")
 
 
 @dataclass
@@ -68,6 +81,12 @@ class IGPGConfig:
     ff_mult: int = 4
     dropout: float = 0.0
     max_len: int = 2048  # the prior's context: 1 + parameter tensors + weight tokens
+    head: str = "logistic"  # the prior's digit distribution: "logistic" (discretized logistic, a location and
+    #                         scale per digit over a per-position base) or "categorical" (Lmax logits per digit)
+    base_rows: int = 256  # logistic head: the base table's rows per (role, kind); wider tensors tile it
+    base_chunks: int = 2  # ... and chunks per row (longer rows tile it)
+    base_layouts: list | None = None  # logistic head: [[layout signature, tokens], ...] of the trained architectures,
+    #                                   which get a base entry per token (set by the recipe); others use the tiled table
     n_kinds: int = 8  # distinct parameter kinds, >= len(hypernet.tokenizer.KINDS)
     temperature: float = 1.0  # sampling defaults (predict_init)
     top_k: int = 0  # 0 = no top-k
@@ -109,6 +128,11 @@ class IGPGConfig:
             raise ZooError(f"IGPGConfig.d_model ({self.d_model}) must be divisible by heads ({self.heads}) and 4")
         if self.ae_hidden % 4:
             raise ZooError(f"IGPGConfig.ae_hidden ({self.ae_hidden}) must be divisible by 4")
+        if self.head not in HEADS:
+            raise ZooError(f"IGPGConfig.head {self.head!r} is not valid; valid: {', '.join(HEADS)}")
+        for k in ("base_rows", "base_chunks"):
+            if getattr(self, k) < 1:
+                raise ZooError(f"IGPGConfig.{k} must be >= 1; got {getattr(self, k)}")
         if self.temperature <= 0:
             raise ZooError(f"IGPGConfig.temperature must be > 0; got {self.temperature}")
         if self.top_k < 0:
@@ -154,6 +178,26 @@ class FSQ(nn.Module):
     def latent(self, digits: torch.Tensor) -> torch.Tensor:
         """digits (..., D) long -> quantized latent (..., D) in [-1, 1]."""
         return (digits.to(torch.float32) - self.half_w) / self.half_w
+
+
+def discretized_logistic(loc: torch.Tensor, log_scale: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Log-masses (..., D, Lmax) of a logistic(loc, scale) per digit, discretized to the integers
+    0 .. L-1 of each digit (valid: (D, Lmax), True below L; the end levels take the tails), as
+    PixelCNN++ discretizes pixel values: neighbouring levels share probability, so the prior learns
+    a digit's value rather than Lmax unrelated classes. log(sigmoid(b) - sigmoid(a)) is computed
+    from log-sigmoids (on the side of zero where they do not saturate), so no level's mass
+    underflows to a zero gradient."""
+    L = valid.sum(-1)  # (D,)
+    Lmax, big = valid.shape[-1], 1e4
+    edges = torch.arange(1, Lmax, dtype=loc.dtype) - 0.5  # the upper edges of levels 0 .. Lmax-2
+    z = (edges - loc.unsqueeze(-1)) * torch.exp(-log_scale).unsqueeze(-1)  # (..., D, Lmax-1)
+    z = z.masked_fill(edges >= (L[:, None] - 1), big)  # at and past the top level: all the mass below
+    lo, hi = F.pad(z, (1, 0), value=-big), F.pad(z, (0, 1), value=big)
+    flip = lo > 0  # sigmoid(hi) - sigmoid(lo) = sigmoid(-lo) - sigmoid(-hi)
+    lo, hi = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
+    l_hi, l_lo = F.logsigmoid(hi), F.logsigmoid(lo)
+    out = l_hi + torch.log1p(-torch.exp((l_lo - l_hi).clamp(max=-1e-6)))
+    return out.masked_fill(~valid, float("-inf"))
 
 
 def _mlp(d_in: int, hidden: int, layers: int, d_out: int) -> nn.Sequential:
@@ -226,14 +270,21 @@ def segment_ids(layout: TokenLayout) -> torch.Tensor:
                         dtype=torch.long).reshape(-1, 4)
 
 
+def layout_signature(layout: TokenLayout) -> str:
+    """An architecture as the prior's prefix sees it: every parameter tensor's layer, kind and
+    shape ("layer:kind:rows x row length", comma-joined). Architectures that differ only in what
+    has no parameters (an activation, a residual connection) share it."""
+    return ",".join(f"{a}:{KINDS[b]}:{r}x{n}" for a, b, r, n in segment_ids(layout).tolist())
+
+
 class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
                  tags=["weight-generation", "autoregressive", "weight-space-learning"]):
     """FSQ weight-token autoencoder + instruction-conditioned autoregressive prior over its codes."""
 
     def __init__(self, config: IGPGConfig | dict | None = None):
         super().__init__()
-        if isinstance(config, dict):
-            config = IGPGConfig(**config)
+        if isinstance(config, dict):  # a saved config.json; those written before `head` existed were categorical
+            config = IGPGConfig(**{"head": "categorical", **config})
         c = self.config = config or IGPGConfig()
         if c.conditions:
             from hypernet.conditions import ConditionSpec
@@ -274,7 +325,27 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         self.code_in = nn.Linear(D, d)
         self.blocks = nn.ModuleList(_Block(d, c.heads, c.ff_mult * d, c.dropout) for _ in range(c.layers))
         self.ln = nn.LayerNorm(d)
-        self.head = nn.Linear(d, D * max(c.levels))
+        if c.head == "logistic":  # a location and a log-scale per digit, relative to the per-position base
+            self.head = nn.Linear(d, 2 * D)
+            nn.init.zeros_(self.head.weight), nn.init.zeros_(self.head.bias)
+            n_base = 3 * c.n_kinds * c.base_rows * c.base_chunks
+            self.base_loc = nn.Embedding(n_base, D)
+            self.base_log_scale = nn.Embedding(n_base, D)
+            # the trained architectures' own entries, one per token (their canonical units have a meaning
+            # only within the architecture, so the tiled table pools unrelated rows of different widths)
+            self.layout_offset, n_arch = {}, 0
+            for sig, n_tok in c.base_layouts or []:
+                self.layout_offset[sig] = n_arch
+                n_arch += int(n_tok)
+            self.arch_loc = nn.Embedding(max(n_arch, 1), D)
+            self.arch_log_scale = nn.Embedding(max(n_arch, 1), D)
+            with torch.no_grad():  # uniform-ish over the levels until init_base sets the data's statistics
+                levels = torch.tensor(c.levels, dtype=torch.float32)
+                for loc, log_s in ((self.base_loc, self.base_log_scale), (self.arch_loc, self.arch_log_scale)):
+                    loc.weight.copy_(((levels - 1) / 2).expand_as(loc.weight))
+                    log_s.weight.copy_(torch.log(levels / 4).expand_as(log_s.weight))
+        else:
+            self.head = nn.Linear(d, D * max(c.levels))
         valid = torch.arange(max(c.levels))[None, :] < torch.tensor(c.levels)[:, None]  # (D, Lmax)
         self.register_buffer("valid", valid, persistent=False)
 
@@ -359,10 +430,76 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         """Inputs of token positions: position embedding of token j + W_z · latent of token j-1."""
         return self.pos(ids, last) + self.code_in(prev) + self.slot.weight[2]
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+    def _logits(self, h: torch.Tensor, base: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Hidden states (..., d) of token positions -> log-probabilities (..., D, Lmax) of each
+        digit: the categorical head's logits, or the discretized logistic's log-masses over the
+        levels around `base` (the positions' base location and log-scale, (..., D) each, from
+        `base_of`). Invalid levels are -inf."""
         c = self.config
-        out = self.head(self.ln(h)).view(*h.shape[:-1], len(c.levels), max(c.levels))
-        return out.masked_fill(~self.valid, float("-inf"))
+        out = self.head(self.ln(h))
+        if c.head == "categorical":
+            out = out.view(*h.shape[:-1], len(c.levels), max(c.levels))
+            return out.masked_fill(~self.valid, float("-inf"))
+        return self._logistic(base[0] + out[..., 0::2], base[1] + out[..., 1::2])
+
+    def _logistic(self, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        """Log-masses of digits with these locations and log-scales (..., D); the scale stays
+        within [0.05, Lmax] levels."""
+        log_s = log_scale.clamp(min=math.log(0.05), max=math.log(max(self.config.levels)))
+        return discretized_logistic(loc, log_s, self.valid)
+
+    def base_of(self, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The logistic head's base for a layout: (location, log-scale), (N, D) each: a trained
+        architecture's own entries, else the tiled table's (None for the categorical head)."""
+        c = self.config
+        if c.head != "logistic":
+            return None
+        off = self.layout_offset.get(layout_signature(layout))
+        if off is not None:
+            i = torch.arange(off, off + layout.n_tokens)
+            return self.arch_loc(i), self.arch_log_scale(i)
+        i = tile_index(layout.ids(), c.n_kinds, c.base_rows, c.base_chunks)
+        return self.base_loc(i), self.base_log_scale(i)
+
+    def base_logits(self, layout: TokenLayout) -> torch.Tensor:
+        """The logistic head's base alone for a layout: (N, D, Lmax) log-masses (the per-position
+        marginals the prior starts from)."""
+        return self._logistic(*self.base_of(layout))
+
+    @torch.no_grad()
+    def init_base(self, nets: list[tuple[torch.Tensor, TokenLayout]]) -> None:
+        """Set the logistic head's base to the data's digit statistics per entry: nets is a list
+        of (digits (M, N, D) of M nets of one layout, that TokenLayout); the tiled table pools every
+        net, a trained architecture's own entries its nets; entries no net reaches keep their
+        values. The prior then starts from the per-position marginals and learns the conditionals
+        on top of them."""
+        c = self.config
+        if c.head != "logistic":
+            return
+        D = len(c.levels)
+        stats = {name: (torch.zeros(m, dtype=torch.float64), torch.zeros(m, D, dtype=torch.float64),
+                        torch.zeros(m, D, dtype=torch.float64))
+                 for name, m in (("tiled", self.base_loc.num_embeddings), ("arch", self.arch_loc.num_embeddings))}
+        for digits, layout in nets:
+            x = digits.reshape(-1, D).to(torch.float64)
+            M = digits.shape[0]
+            i = tile_index(layout.ids(), c.n_kinds, c.base_rows, c.base_chunks)
+            off = self.layout_offset.get(layout_signature(layout))
+            for name, idx in (("tiled", i), ("arch", None if off is None else torch.arange(off, off + layout.n_tokens))):
+                if idx is None:
+                    continue
+                idx = idx.expand(M, -1).reshape(-1)
+                n, s1, s2 = stats[name]
+                n.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
+                s1.index_add_(0, idx, x), s2.index_add_(0, idx, x * x)
+        for name, (loc, log_s) in (("tiled", (self.base_loc, self.base_log_scale)),
+                                   ("arch", (self.arch_loc, self.arch_log_scale))):
+            n, s1, s2 = stats[name]
+            seen = n > 0
+            mean = s1[seen] / n[seen, None]
+            std = (s2[seen] / n[seen, None] - mean ** 2).clamp_min(0).sqrt().clamp_min(0.3)
+            loc.weight[seen] = mean.float()
+            log_s.weight[seen] = torch.log(std * math.sqrt(3) / math.pi).float()  # a logistic of that std
 
     def prior_logits(self, digits: torch.Tensor, layout: TokenLayout,
                      condition: torch.Tensor | None = None) -> torch.Tensor:
@@ -376,7 +513,7 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         x = torch.cat([prefix, self._token_inputs(ids, prev, layout.n_layers - 1)], dim=1)
         for b in self.blocks:
             x = b(x)
-        return self._logits(x[:, prefix.shape[1]:])
+        return self._logits(x[:, prefix.shape[1]:], self.base_of(layout))
 
     def prior_loss(self, digits: torch.Tensor, layout: TokenLayout, condition: torch.Tensor | None = None,
                    return_logits: bool = False):
@@ -412,6 +549,7 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         N, D = ids.shape[0], len(c.levels)
         cond = None if condition is None else condition.reshape(1, -1).expand(n, -1)
         caches = [[] for _ in self.blocks]
+        base = self.base_of(layout)
         x = self._prefix(layout, cond, n)
         prev = torch.zeros(n, 1, D)
         out = torch.zeros(n, N, D, dtype=torch.long)
@@ -420,7 +558,7 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
             x = torch.cat([x, tok], dim=1) if j == 0 else tok
             for b, cache in zip(self.blocks, caches):
                 x = b(x, cache)
-            logits = self._logits(x[:, -1]) / temperature  # (n, D, Lmax)
+            logits = self._logits(x[:, -1], base and (base[0][j], base[1][j])) / temperature  # (n, D, Lmax)
             if top_k:
                 kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -443,4 +581,4 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         return layout.n_tokens * sum(math.log2(v) for v in self.config.levels) / max(values, 1)
 
 
-__all__ = ["FSQ", "IGPGConfig", "WeightIGPG", "segment_ids"]
+__all__ = ["FSQ", "HEADS", "IGPGConfig", "WeightIGPG", "discretized_logistic", "layout_signature", "segment_ids"]

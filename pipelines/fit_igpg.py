@@ -12,7 +12,9 @@ decay (`schedule`):
    reconstructions decode to, with distill x KL to the cell's members, on training data; 0 by
    default). With probability `augment` a member is randomly permuted first, so the quantizer
    also sees non-canonical nets.
-2. steps [quantizer_steps, steps): the prior, on the frozen quantizer's codes of canonical members:
+2. steps [quantizer_steps, steps): the prior, on the frozen quantizer's codes of canonical members.
+   At its first step the logistic head's base is set to the codes' per-position marginals (every
+   training member; per trained architecture and in the tiled table, `init_base`). Loss: the
    next-token cross-entropy of every digit, conditioned on the member's cell and architecture
    (+ prior_task_weight x the task loss of nets drawn from the prior's teacher-forced logits with a
    straight-through Gumbel-softmax, decoded by the frozen decoder: the cross-entropy alone samples
@@ -23,7 +25,8 @@ the loop's generator seeded by (seed, s), so a resumed run is the uninterrupted 
 At the end the run reports the quantizer on every training member and on the members of held-out
 cells whose architecture it trained on: relative reconstruction error of the weights, and test
 accuracy of the reconstructed nets against the originals, beside the seed-to-seed spread of the
-originals' accuracy within a cell (hypernet.json "reconstruction").
+originals' accuracy within a cell (hypernet.json "reconstruction"); and the prior's code length in
+bits per real weight value beside its base alone (hypernet.json "prior").
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from hypernet.igpg import IGPGConfig, WeightIGPG
+from hypernet.igpg import IGPGConfig, WeightIGPG, layout_signature
 from hypernet.symmetry import canonicalize
 from hypernet.tokenizer import KINDS
 from pipelines.fit import check_fields, section, top_level
@@ -63,6 +67,9 @@ class IGPGTrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 50
+    # at the end: the saved generator's sampling temperature is the one of these whose samples have
+    # the lowest median training loss on the training cells (`select_temperature`); [] keeps igpg.temperature
+    temperatures: list = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.1])
 
 
 @dataclass
@@ -77,11 +84,13 @@ class IGPGRunConfig:
         if d.get("kind", "igpg") != "igpg":
             raise ZooError(f"{source}: kind {d.get('kind')!r}; this config is for kind igpg")
         model = section(d, "igpg", IGPGConfig, source,
-                        exclude={"conditions", "n_conditions", "tokenizer", "family", "trained_kinds"})
+                        exclude={"conditions", "n_conditions", "tokenizer", "family", "trained_kinds", "base_layouts"})
         t = IGPGTrainConfig(**section(d, "training", IGPGTrainConfig, source))
         check_fields(t, source, at_least_one=("steps", "quantizer_steps", "batch_size", "checkpoint_every",
                                               "log_every", "data_batch"),
                      positive=("lr", "quantizer_lr", "clip"), non_negative=("task_weight", "prior_task_weight", "distill", "warmup"))
+        if not isinstance(t.temperatures, list) or not all(isinstance(v, (int, float)) and v > 0 for v in t.temperatures):
+            raise ZooError(f"{source}: training.temperatures must be a list of numbers > 0 (got {t.temperatures!r})")
         if t.quantizer_steps >= t.steps:
             raise ZooError(f"{source}: training.quantizer_steps ({t.quantizer_steps}) must be below training.steps "
                            f"({t.steps}): the prior trains in the steps after the quantizer's")
@@ -111,17 +120,19 @@ class IGPGTrainer(MemberTokens):
         self._load(zoo_dir, out, config, zoos, progress, mc.token_size, mc.token_scale, mc.token_pool,
                    "an IGPG generator")
         kinds = sorted({KINDS[s.kind] for a in self.archs.values() for s in a.layout.segments})
+        layouts = {layout_signature(a.layout): a.layout.n_tokens for a in self.archs.values()}
         torch.manual_seed(config.training.seed)
         self.model = WeightIGPG(IGPGConfig(**config.igpg, conditions=self.conditions.to_dict(),
                                            tokenizer=self.tokenizer.to_dict(), family=self.family,
-                                           trained_kinds=kinds))
+                                           trained_kinds=kinds, base_layouts=[[k, v] for k, v in layouts.items()]))
         for a in self.archs.values():
             self.model.check_layout(a.layout, f"architecture {a.cell.zoo}/{a.cell.cell}")
         t = config.training
         groups = []
+        tables = {id(p) for n, p in self.model.named_parameters() if n.startswith(("base_", "arch_"))}  # digit units: no decay
         for params in (self.model.quantizer_parameters(), self.model.prior_parameters()):
-            decay = [p for p in params if p.dim() >= 2]
-            other = [p for p in params if p.dim() < 2]
+            decay = [p for p in params if p.dim() >= 2 and id(p) not in tables]
+            other = [p for p in params if p.dim() < 2 or id(p) in tables]
             groups += [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
         self.opt = torch.optim.AdamW(groups, lr=t.lr, **fused_adamw())
         self.kind, self.label = "igpg", "igpg train"
@@ -152,6 +163,8 @@ class IGPGTrainer(MemberTokens):
             loss.backward()
             return float(loss.detach()), {"recon_mse": float(mse.detach()), "task": task_v, "nll": 0.0}, \
                 {"stage": 0}
+        if s == t.quantizer_steps:
+            self.init_base()
         x0, ids, mask, cond, arch, cells = self.batch(gen, augment=0.0)
         with torch.no_grad():
             _, digits = self.model.quantize(x0, ids)
@@ -165,6 +178,57 @@ class IGPGTrainer(MemberTokens):
         for p in self.model.quantizer_parameters():
             p.grad = None
         return float(loss.detach()), {"recon_mse": 0.0, "task": task_v, "nll": float(nll.detach())}, {"stage": 1}
+
+    @torch.no_grad()
+    def init_base(self) -> None:
+        """The prior stage starts from the per-position marginals of the frozen quantizer's codes of
+        every training member (WeightIGPG.init_base), so it learns the conditionals on top of them."""
+        nets = []
+        for a in self.archs.values():
+            ids = a.layout.ids()
+            for i in range(0, len(a.members), 256):
+                x0 = torch.stack([self.tokenizer.encode(st, a.layout).float() for st, _, _ in a.members[i:i + 256]])
+                nets.append((self.model.quantize(x0, ids)[1], a.layout))
+        self.model.init_base(nets)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """After the last step, before the generator is saved (the loop's optional hook)."""
+        self.sampling = self.select_temperature()
+
+    @torch.no_grad()
+    def select_temperature(self, cells_per_arch: int = 2, samples: int = 4) -> dict:
+        """Set the generator's default sampling temperature to the one of training.temperatures whose
+        samples fit the training data best: per architecture, `samples` nets drawn (seeded) at the
+        conditions of up to `cells_per_arch` of its training cells, each scored by its loss on the
+        first 512 of the training samples the cell's members trained on (as predict_init's best-of-n
+        selection scores; never test data); the temperature with the lowest median loss wins. Lower temperatures draw nets nearer
+        the prior's per-digit modes. -> {"losses": {temperature: median loss}, "temperature": the chosen}."""
+        temps = self.config.training.temperatures
+        if not temps:
+            return {"losses": {}, "temperature": self.model.config.temperature}
+        self.model.eval()
+        losses: dict[float, list[float]] = {float(v): [] for v in temps}
+        for a in self.archs.values():
+            conds = {}
+            for _, cond, key in a.members:
+                conds.setdefault(key, cond)
+            mask = self.tokenizer.mask(a.layout).to(torch.float32)
+            buffers = {n: b.unsqueeze(0).expand(samples, *b.shape).clone() for n, b in a.module.named_buffers()}
+            a.module.eval()
+            for key in sorted(conds)[:cells_per_arch]:
+                d = a.tasks[key]
+                x, y = d.x[:512], d.y[:512].unsqueeze(0).expand(samples, *d.y[:512].shape)
+                for v in losses:
+                    digits = self.model.sample_digits(a.layout, conds[key], n=samples, temperature=v,
+                                                      generator=torch.Generator().manual_seed(0))
+                    tokens = self.model.reconstruct(digits, a.layout.ids()) * mask
+                    params = {n: w.float() for n, w in self.tokenizer.decode_batch(tokens.double(), a.layout).items()}
+                    losses[v] += d.objective.evaluate(a.fwd, params, buffers, x, y)["loss"].tolist()
+        med = {v: float(np.median(np.nan_to_num(ls, nan=np.inf))) if ls else float("inf") for v, ls in losses.items()}
+        best = min(med, key=lambda v: (med[v], -v))
+        self.model.config.temperature = best
+        return {"losses": {str(v): m for v, m in med.items()}, "temperature": best}
 
     def monitor(self) -> dict:
         return {}
@@ -228,7 +292,41 @@ class IGPGTrainer(MemberTokens):
                 "codes": {"levels": self.model.config.levels, "bits_per_token":
                           sum(math.log2(v) for v in self.model.config.levels),
                           "bits_per_value": [self.model.bits_per_value(lay) for lay in layouts]},
-                "reconstruction": self.reconstruction()}
+                "reconstruction": self.reconstruction(), "prior": self.prior_report(),
+                "sampling": getattr(self, "sampling", None)}
+
+    @torch.no_grad()
+    def prior_report(self, per_arch: int = 64) -> dict:
+        """The prior's code length on up to `per_arch` training members of every architecture and
+        on the held-out cells' members of trained architectures, in bits per real weight value
+        (the code's digits, padding's included, over the values they stand for: the code rate is
+        the ceiling), beside the logistic head's base table alone (the per-position marginals):
+        how much the transformer's context adds."""
+        held = set(self.split.held_out_cells)
+        out: dict = {}
+        for split in ("train", "held_out"):
+            prior = base = values = 0.0
+            for key, a in self.archs.items():
+                if split == "train":
+                    items = [(st, cond) for st, cond, _ in a.members[:per_arch]]
+                else:
+                    items = [(canonicalize(st, a.reference, a.module), self.conditions.vector(c.zoo, c.temperature, c.load))
+                             for c in self.cells if c.key in held and c.rows and arch_key(c) == key
+                             for st in c.states(self.root)][:per_arch]
+                if not items:
+                    continue
+                x0 = torch.stack([self.tokenizer.encode(st, a.layout).float() for st, _ in items])
+                _, digits = self.model.quantize(x0, a.layout.ids())
+                logits = self.model.prior_logits(digits, a.layout, torch.stack([c for _, c in items]))
+                prior += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), digits.reshape(-1), reduction="sum"))
+                if self.model.config.head == "logistic":
+                    b = self.model.base_logits(a.layout).expand_as(logits)
+                    base += float(F.cross_entropy(b.reshape(-1, b.shape[-1]), digits.reshape(-1), reduction="sum"))
+                values += len(items) * float(self.tokenizer.mask(a.layout).sum())
+            if values:
+                out[split] = {"bits_per_value": prior / values / math.log(2),
+                              "marginal_bits_per_value": base / values / math.log(2) if base else None}
+        return out
 
 
 def _by_cell(members):

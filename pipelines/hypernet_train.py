@@ -56,7 +56,9 @@ class Recipe(Protocol):
         """The kind's own hypernet.json fields."""
 
     # optional: schedule(s) -> the learning rate of step s, for a recipe trained in stages (IGPG:
-    # the quantizer, then the prior, each with its own warm-up and decay); default warmup_cosine
+    # the quantizer, then the prior, each with its own warm-up and decay); default warmup_cosine.
+    # optional: finish() after the last step, before the model is saved (IGPG: it picks the
+    # sampling temperature on training data)
 
 
 def warmup_cosine(step: int, t) -> float:
@@ -199,6 +201,9 @@ def fit(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True) 
         if bar:
             bar.stop()
     seconds = time.perf_counter() - t0
+    finish = getattr(recipe, "finish", None)
+    if finish is not None:
+        finish()
     recipe.model.save_pretrained(out)
     meta = {
         "kind": recipe.kind,

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from hypernet.api import load_hypernet, predict_init
-from hypernet.igpg import FSQ, IGPGConfig, WeightIGPG
+from hypernet.igpg import FSQ, HEADS, IGPGConfig, WeightIGPG
 from hypernet.tokenizer import TokenLayout
 from pipelines.build import build
 from tests.conftest import interrupt_after, tiny_spec
@@ -75,16 +76,21 @@ def test_quantizer_round_trip_within_its_stated_error():
 
 
 # ---- the prior -----------------------------------------------------------------------------------
-def test_prior_overfits_two_nets_under_two_conditions_and_samples_them_back():
+@pytest.mark.parametrize("head", HEADS)
+def test_prior_overfits_two_nets_under_two_conditions_and_samples_them_back(head):
     """A prior trained on two code sequences, one per condition, samples each back exactly at
-    top-k 1 from its condition: conditioning, teacher forcing and the cached sampler agree."""
+    top-k 1 from its condition: conditioning, teacher forcing and the cached sampler agree. The
+    logistic head (one location per digit, so a random digit sequence is harder to memorize than
+    with a logit per level) must fit well below uniform, and its cached top-1 samples must be what
+    teacher forcing predicts from them, exactly."""
     from hypernet.conditions import AxisNorm, ConditionSpec
 
     spec = ConditionSpec({"z": {"task": "mnist1d", "family": "mlp",
                                 "temperature": AxisNorm.fit("batch_size", [16, 256]).__dict__,
                                 "load": AxisNorm.fit("width", [4, 8]).__dict__,
                                 "temperature_values": [16, 256], "load_values": [4, 8]}})
-    gen = _tiny(conditions=spec.to_dict())
+    torch.manual_seed(0)
+    gen = _tiny(conditions=spec.to_dict(), head=head)
     lay = _layout()
     g = torch.Generator().manual_seed(0)
     digits = torch.randint(0, 4, (2, lay.n_tokens, 4), generator=g)
@@ -96,11 +102,15 @@ def test_prior_overfits_two_nets_under_two_conditions_and_samples_them_back():
         loss = gen.prior_loss(digits, lay, cond)
         loss.backward()
         opt.step()
-    assert first > 1.0 and float(loss.detach()) < 0.02  # uniform over 4 levels: ln 4 = 1.39
+    assert first > 1.0 and float(loss.detach()) < (0.02 if head == "categorical" else 0.3)  # uniform: ln 4 = 1.39
     gen.eval()
     for i in range(2):
         out = gen.sample_digits(lay, cond[i], n=2, generator=torch.Generator().manual_seed(1), top_k=1)
-        assert torch.equal(out[0], digits[i]) and torch.equal(out[1], digits[i])
+        assert torch.equal(out[0], out[1])
+        with torch.no_grad():
+            assert torch.equal(gen.prior_logits(out[:1], lay, cond[i:i + 1]).argmax(-1)[0], out[0])
+        if head == "categorical":
+            assert torch.equal(out[0], digits[i])
 
 
 def test_sampling_is_deterministic_for_a_seed_and_varies_across_seeds():
@@ -143,6 +153,85 @@ def test_errors_name_the_module_and_what_is_supported():
         IGPGConfig(levels=[4, 4], latent_dims=3)
     with pytest.raises(ZooError, match="temperature must be > 0"):
         gen.sample_digits(_layout(), n=1, temperature=0)
+    with pytest.raises(ZooError, match="IGPGConfig.head 'gaussian' is not valid; valid: logistic, categorical"):
+        IGPGConfig(head="gaussian")
+    with pytest.raises(ZooError, match="IGPGConfig.base_rows must be >= 1"):
+        IGPGConfig(base_rows=0)
+
+
+def test_discretized_logistic_is_a_distribution_over_each_digits_levels():
+    """Masses over the valid levels sum to 1 (invalid ones are -inf), a level's mass is the
+    logistic CDF across its edges, the end levels take the tails, and a digit far in a tail still
+    has a finite, non-zero gradient (the log-sigmoid form; a difference of sigmoids underflows)."""
+    from hypernet.igpg import discretized_logistic
+
+    valid = torch.arange(8)[None, :] < torch.tensor([8, 5])[:, None]
+    loc = torch.tensor([[3.2, 1.0], [0.0, 30.0]], requires_grad=True)
+    log_s = torch.log(torch.tensor([[0.7, 2.0], [0.05, 0.5]]))
+    lp = discretized_logistic(loc, log_s, valid)
+    assert torch.allclose(lp.exp().sum(-1), torch.ones(2, 2), atol=1e-6)
+    assert torch.isinf(lp[:, 1, 5:]).all() and torch.isfinite(lp[:, 1, :5]).all()
+    cdf = lambda v, m, sc: torch.sigmoid(torch.tensor((v - m) / sc))  # noqa: E731
+    assert torch.isclose(lp[0, 0, 4].exp(), cdf(4.5, 3.2, 0.7) - cdf(3.5, 3.2, 0.7), atol=1e-6)
+    assert torch.isclose(lp[0, 0, 0].exp(), cdf(0.5, 3.2, 0.7), atol=1e-6)  # the bottom tail
+    assert torch.isclose(lp[0, 1, 4].exp(), 1 - cdf(3.5, 1.0, 2.0), atol=1e-6)  # the top tail of a 5-level digit
+    lp[1, 0, 7].backward()  # level 7 at 140 scales from the location
+    assert torch.isfinite(loc.grad).all() and loc.grad[1, 0] > 1.0
+
+
+def test_init_base_sets_the_per_position_marginals():
+    """The logistic head's base table takes the training codes' per-entry mean and spread, and
+    the prior starts from them: its teacher-forced log-masses equal the base's (the head starts at
+    zero) and put the most mass on each position's mean digit."""
+    from hypernet.tokenizer import tile_index
+
+    gen = _tiny(base_chunks=64)
+    lay = _layout()
+    i = tile_index(lay.ids(), gen.config.n_kinds, 256, 64)
+    assert len(set(i.tolist())) == lay.n_tokens  # one table entry per position here (none tiled)
+    g = torch.Generator().manual_seed(0)
+    centre = torch.randint(0, 4, (lay.n_tokens, 4), generator=g)
+    digits = (centre + torch.randint(-1, 2, (64, lay.n_tokens, 4), generator=g) * (torch.rand(64, lay.n_tokens, 4, generator=g) < 0.2)).clamp(0, 3)
+    before = gen.base_logits(lay).clone()
+    gen.init_base([(digits, lay)])
+    after = gen.base_logits(lay)
+    assert not torch.allclose(before, after)
+    assert torch.allclose(gen.prior_logits(digits[:2], lay), after.expand(2, *after.shape))
+    mean = digits.double().mean(0)
+    agree = (after.argmax(-1) == mean.round().long()).double().mean()
+    assert agree > 0.95
+    base_nll = float(F.cross_entropy(after.detach().expand(64, *after.shape).reshape(-1, 4), digits.reshape(-1)))
+    assert base_nll < 0.8  # uniform: ln 4 = 1.39; 80% of the digits sit on their centre
+
+
+def test_a_trained_architecture_has_its_own_base_entries():
+    """Architectures the recipe trained on (IGPGConfig.base_layouts, keyed by layout_signature) get
+    one base entry per token, set from their own nets only; any other architecture reads the tiled
+    table, which pools every net."""
+    from hypernet.igpg import layout_signature
+
+    lay, other = _layout(), _layout(width=6, depth=2)
+    sig = layout_signature(lay)
+    assert sig != layout_signature(other) and sig == layout_signature(_layout())
+    assert sig.startswith("0:linear_weight:")
+    gen = _tiny(base_layouts=[[sig, lay.n_tokens]])
+    g = torch.Generator().manual_seed(0)
+    own = torch.randint(0, 4, (lay.n_tokens, 4), generator=g).expand(8, -1, -1)
+    gen.init_base([(own, lay), (torch.zeros(8, other.n_tokens, 4, dtype=torch.long), other)])
+    assert torch.equal(gen.base_logits(lay).argmax(-1), own[0])  # its own marginals, not the pooled ones
+    assert torch.equal(gen.base_of(lay)[0], own[0].float())
+    # the tiled table pools both architectures' nets: an entry's location is the mean digit of
+    # every token that maps to it (row mod base_rows, chunk mod base_chunks, per role and kind)
+    from hypernet.tokenizer import tile_index
+
+    c = gen.config
+    sums: dict[int, list] = {}
+    for layout, d in ((lay, own[0]), (other, torch.zeros(other.n_tokens, 4, dtype=torch.long))):
+        for e, row in zip(tile_index(layout.ids(), c.n_kinds, c.base_rows, c.base_chunks).tolist(), d):
+            sums.setdefault(e, []).append(row.double())
+    expect = torch.stack([torch.stack(sums[e]).mean(0) for e in
+                          tile_index(other.ids(), c.n_kinds, c.base_rows, c.base_chunks).tolist()]).float()
+    assert torch.allclose(gen.base_of(other)[0], expect)
 
 
 def test_run_config_errors():
@@ -155,6 +244,8 @@ def test_run_config_errors():
         IGPGRunConfig.from_dict({"training": {"steps": 10, "quantizer_steps": 10}})
     with pytest.raises(ZooError, match="training.quantizer_lr must be > 0"):
         IGPGRunConfig.from_dict({"training": {"quantizer_lr": 0}})
+    with pytest.raises(ZooError, match=r"training.temperatures must be a list of numbers > 0 \(got \[1.0, 0\]\)"):
+        IGPGRunConfig.from_dict({"training": {"temperatures": [1.0, 0]}})
     assert load_config(None, "igpg").kind == "igpg"
 
 
@@ -201,8 +292,16 @@ def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     assert rec["metric"] == "acc" and rec["train"]["members"] == 6 and rec["held_out"]["members"] == 2
     assert all(len(r["original"]) == len(r["reconstructed"]) == r["n"] for r in rec["per_cell"])
     assert meta["codes"]["bits_per_token"] == 16 * 3
+    # the prior's code length beside its base table's (the logistic head's per-position marginals)
+    for split in ("train", "held_out"):
+        assert 0 < meta["prior"][split]["bits_per_value"] and 0 < meta["prior"][split]["marginal_bits_per_value"]
+    # the saved sampling temperature: the listed one whose samples have the lowest training loss
+    sampling = meta["sampling"]
+    assert sorted(sampling["losses"]) == ["0.1", "0.25", "0.5", "1.0"]
+    assert sampling["losses"][str(sampling["temperature"])] == min(sampling["losses"].values())
     gen = load_hypernet(out)
     assert isinstance(gen, WeightIGPG) and gen.config.trained_kinds == ["bias", "linear_weight"]
+    assert gen.config.temperature == sampling["temperature"] and gen.config.head == "logistic"
     # depth 1, 2 (the zoo's) and 4, widths the zoo never had: every parameter, its exact shape
     for depth, width in ((1, 6), (2, 5), (4, 12)):
         model = nets.build("mlp", "mnist1d", width=width, depth=depth)
@@ -253,4 +352,6 @@ def test_igpg_resume_after_an_interruption_is_exact(deep_zoo, tmp_path, monkeypa
     assert meta["resumed_from"] == 6 and meta["steps"] == 8
     a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the same sampling temperature, base layouts and the rest of the saved config
+    assert json.loads((tmp_path / "whole" / "config.json").read_text()) == json.loads((out / "config.json").read_text())
     assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [2, 4, 6, 8]
