@@ -202,8 +202,10 @@ class IGPGTrainer(MemberTokens):
         samples fit the training data best: per architecture, `samples` nets drawn (seeded) at the
         conditions of up to `cells_per_arch` of its training cells, each scored by its loss on the
         first 512 of the training samples the cell's members trained on (as predict_init's best-of-n
-        selection scores; never test data); the temperature with the lowest median loss wins. Lower temperatures draw nets nearer
-        the prior's per-digit modes. -> {"losses": {temperature: median loss}, "temperature": the chosen}."""
+        selection scores; never test data); the temperature with the lowest median loss wins. Lower
+        temperatures draw nets nearer the prior's per-digit modes. BatchNorm buffers are the
+        template module's (not re-estimated per sample as predict_init does: this ranks
+        temperatures). -> {"losses": {temperature: median loss}, "temperature": the chosen}."""
         temps = self.config.training.temperatures
         if not temps:
             return {"losses": {}, "temperature": self.model.config.temperature}
