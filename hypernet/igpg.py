@@ -454,12 +454,18 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         c = self.config
         if c.head != "logistic":
             return None
+        tiled, own = self._base_index(layout)
+        if own is not None:
+            return self.arch_loc(own), self.arch_log_scale(own)
+        return self.base_loc(tiled), self.base_log_scale(tiled)
+
+    def _base_index(self, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A layout's (N,) entries in the tiled base table, and in the trained architectures' own
+        table (None for an architecture the recipe did not train on)."""
+        c = self.config
         off = self.layout_offset.get(layout_signature(layout))
-        if off is not None:
-            i = torch.arange(off, off + layout.n_tokens)
-            return self.arch_loc(i), self.arch_log_scale(i)
-        i = tile_index(layout.ids(), c.n_kinds, c.base_rows, c.base_chunks)
-        return self.base_loc(i), self.base_log_scale(i)
+        return (tile_index(layout.ids(), c.n_kinds, c.base_rows, c.base_chunks),
+                None if off is None else torch.arange(off, off + layout.n_tokens))
 
     def base_logits(self, layout: TokenLayout) -> torch.Tensor:
         """The logistic head's base alone for a layout: (N, D, Lmax) log-masses (the per-position
@@ -483,9 +489,7 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         for digits, layout in nets:
             x = digits.reshape(-1, D).to(torch.float64)
             M = digits.shape[0]
-            i = tile_index(layout.ids(), c.n_kinds, c.base_rows, c.base_chunks)
-            off = self.layout_offset.get(layout_signature(layout))
-            for name, idx in (("tiled", i), ("arch", None if off is None else torch.arange(off, off + layout.n_tokens))):
+            for name, idx in zip(("tiled", "arch"), self._base_index(layout)):
                 if idx is None:
                     continue
                 idx = idx.expand(M, -1).reshape(-1)

@@ -216,17 +216,13 @@ class IGPGTrainer(MemberTokens):
             for _, cond, key in a.members:
                 conds.setdefault(key, cond)
             mask = self.tokenizer.mask(a.layout).to(torch.float32)
-            buffers = {n: b.unsqueeze(0).expand(samples, *b.shape).clone() for n, b in a.module.named_buffers()}
-            a.module.eval()
             for key in sorted(conds)[:cells_per_arch]:
                 d = a.tasks[key]
-                x, y = d.x[:512], d.y[:512].unsqueeze(0).expand(samples, *d.y[:512].shape)
                 for v in losses:
                     digits = self.model.sample_digits(a.layout, conds[key], n=samples, temperature=v,
                                                       generator=torch.Generator().manual_seed(0))
                     tokens = self.model.reconstruct(digits, a.layout.ids()) * mask
-                    params = {n: w.float() for n, w in self.tokenizer.decode_batch(tokens.double(), a.layout).items()}
-                    losses[v] += d.objective.evaluate(a.fwd, params, buffers, x, y)["loss"].tolist()
+                    losses[v] += self.score(a, self.decode(a, tokens), d.objective, d.x[:512], d.y[:512])["loss"].tolist()
         med = {v: float(np.median(np.nan_to_num(ls, nan=np.inf))) if ls else float("inf") for v, ls in losses.items()}
         best = min(med, key=lambda v: (med[v], -v))
         self.model.config.temperature = best
@@ -244,14 +240,11 @@ class IGPGTrainer(MemberTokens):
     def reconstruction(self) -> dict:
         """The quantizer on every training member and on the held-out cells' members of trained
         architectures: relative weight error and test accuracy, reconstructed vs original."""
-        held = set(self.split.held_out_cells)
         rows, metric = [], None
         for key, a in self.archs.items():
             names = [n for n, _ in a.module.named_parameters()]
-            groups = [("train", [(st, ck) for st, _, ck in a.members])]
-            held_cells = [c for c in self.cells if c.key in held and c.rows and arch_key(c) == key]
-            groups.append(("held_out", [(canonicalize(st, a.reference, a.module), c.key)
-                                        for c in held_cells for st in c.states(self.root)]))
+            groups = [("train", [(st, ck) for st, _, ck in a.members]),
+                      ("held_out", [(st, c.key) for st, c in self.held_out_members(key)])]
             for split, members in groups:
                 for cell_key, items in _by_cell(members).items():
                     task = a.tasks[cell_key].task if cell_key in a.tasks else \
@@ -259,16 +252,11 @@ class IGPGTrainer(MemberTokens):
                     x0 = torch.stack([self.tokenizer.encode(st, a.layout) for st in items]).float()
                     rec, _ = self.model.autoencode(x0, a.layout.ids())
                     orig = {n: torch.stack([st[n] for st in items]) for n in names}
-                    back = self.tokenizer.decode_batch(rec.double(), a.layout)
-                    back = {n: v.float() for n, v in back.items()}
+                    back = self.decode(a, rec)
                     num = sum(float(((back[n] - orig[n]) ** 2).sum()) for n in names)
                     den = sum(float((orig[n] ** 2).sum()) for n in names)
-                    buffers = {n: b.unsqueeze(0).expand(len(items), *b.shape).clone()
-                               for n, b in a.module.named_buffers()}
-                    a.module.eval()
-                    y = task.y_test.unsqueeze(0).expand(len(items), *task.y_test.shape)
-                    acc_o = task.objective.evaluate(a.fwd, orig, buffers, task.x_test, y)
-                    acc_r = task.objective.evaluate(a.fwd, back, buffers, task.x_test, y)
+                    acc_o = self.score(a, orig, task.objective, task.x_test, task.y_test)
+                    acc_r = self.score(a, back, task.objective, task.x_test, task.y_test)
                     metric = "acc" if "acc" in acc_o else "rel_l2"  # classification, else a PINN's error
                     rows.append({"split": split, "cell": cell_key, "n": len(items), "rel_err": math.sqrt(num / den),
                                  "original": acc_o[metric].tolist(), "reconstructed": acc_r[metric].tolist()})
@@ -285,6 +273,26 @@ class IGPGTrainer(MemberTokens):
                           "score_diff_mean": float(np.mean(diff)),
                           "seed_std_median": float(np.median(spread)) if spread else None}
         return out
+
+    def decode(self, a, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, N, k) tokens of architecture `a` -> its stacked float32 parameters (B, *shape) each."""
+        return {n: v.float() for n, v in self.tokenizer.decode_batch(tokens.double(), a.layout).items()}
+
+    @staticmethod
+    def score(a, params: dict[str, torch.Tensor], objective, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """The objective's metrics (loss, acc, ...) of B stacked nets of architecture `a` on (x, y),
+        in eval mode with the template module's buffers."""
+        B = next(iter(params.values())).shape[0]
+        buffers = {n: b.unsqueeze(0).expand(B, *b.shape).clone() for n, b in a.module.named_buffers()}
+        a.module.eval()
+        return objective.evaluate(a.fwd, params, buffers, x, y.unsqueeze(0).expand(B, *y.shape))
+
+    def held_out_members(self, key: str) -> list:
+        """[(canonical state, cell)] of the trained members of the held-out cells of architecture
+        `key` (one the recipe trained on): what the end-of-run reports test generalization on."""
+        a, held = self.archs[key], set(self.split.held_out_cells)
+        return [(canonicalize(st, a.reference, a.module), c) for c in self.cells
+                if c.key in held and c.rows and arch_key(c) == key for st in c.states(self.root)]
 
     def meta(self) -> dict:
         layouts = [a.layout for a in self.archs.values()]
@@ -304,7 +312,6 @@ class IGPGTrainer(MemberTokens):
         (the code's digits, padding's included, over the values they stand for: the code rate is
         the ceiling), beside the logistic head's base table alone (the per-position marginals):
         how much the transformer's context adds."""
-        held = set(self.split.held_out_cells)
         out: dict = {}
         for split in ("train", "held_out"):
             prior = base = values = 0.0
@@ -312,9 +319,8 @@ class IGPGTrainer(MemberTokens):
                 if split == "train":
                     items = [(st, cond) for st, cond, _ in a.members[:per_arch]]
                 else:
-                    items = [(canonicalize(st, a.reference, a.module), self.conditions.vector(c.zoo, c.temperature, c.load))
-                             for c in self.cells if c.key in held and c.rows and arch_key(c) == key
-                             for st in c.states(self.root)][:per_arch]
+                    items = [(st, self.conditions.vector(c.zoo, c.temperature, c.load))
+                             for st, c in self.held_out_members(key)[:per_arch]]
                 if not items:
                     continue
                 x0 = torch.stack([self.tokenizer.encode(st, a.layout).float() for st, _ in items])
