@@ -215,13 +215,12 @@ class IGPGTrainer(MemberTokens):
             conds = {}
             for _, cond, key in a.members:
                 conds.setdefault(key, cond)
-            mask = self.tokenizer.mask(a.layout).to(torch.float32)
+            mask = self.tokenizer.mask(a.layout)
             for key in sorted(conds)[:cells_per_arch]:
                 d = a.tasks[key]
                 for v in losses:
-                    digits = self.model.sample_digits(a.layout, conds[key], n=samples, temperature=v,
+                    tokens = self.model.sample_tokens(a.layout, mask, conds[key], n=samples, temperature=v,
                                                       generator=torch.Generator().manual_seed(0))
-                    tokens = self.model.reconstruct(digits, a.layout.ids()) * mask
                     losses[v] += self.score(a, self.decode(a, tokens), d.objective, d.x[:512], d.y[:512])["loss"].tolist()
         med = {v: float(np.median(np.nan_to_num(ls, nan=np.inf))) if ls else float("inf") for v, ls in losses.items()}
         best = min(med, key=lambda v: (med[v], -v))
