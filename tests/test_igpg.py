@@ -95,13 +95,19 @@ def test_prior_overfits_two_nets_under_two_conditions_and_samples_them_back(head
     g = torch.Generator().manual_seed(0)
     digits = torch.randint(0, 4, (2, lay.n_tokens, 4), generator=g)
     cond = torch.stack([spec.vector("z", 16, 4), spec.vector("z", 256, 8)])
-    opt = torch.optim.Adam(gen.prior_parameters(), lr=3e-3)
+    # a cosine-decayed lr: at a constant one Adam's loss spikes late in the fit (the logistic head's
+    # loss after 250 steps was 0.03-0.68 over seeds and thread counts; after this, 0.02-0.08, and the
+    # categorical head's < 0.002)
+    steps = 600
+    opt = torch.optim.Adam(gen.prior_parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     first = float(gen.prior_loss(digits, lay, cond).detach())
-    for _ in range(250):
+    for _ in range(steps):
         opt.zero_grad()
         loss = gen.prior_loss(digits, lay, cond)
         loss.backward()
         opt.step()
+        sched.step()
     assert first > 1.0 and float(loss.detach()) < (0.02 if head == "categorical" else 0.3)  # uniform: ln 4 = 1.39
     gen.eval()
     for i in range(2):
