@@ -483,22 +483,19 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         if c.head != "logistic":
             return
         D = len(c.levels)
-        stats = {name: (torch.zeros(m, dtype=torch.float64), torch.zeros(m, D, dtype=torch.float64),
-                        torch.zeros(m, D, dtype=torch.float64))
-                 for name, m in (("tiled", self.base_loc.num_embeddings), ("arch", self.arch_loc.num_embeddings))}
+        tables = ((self.base_loc, self.base_log_scale), (self.arch_loc, self.arch_log_scale))  # as _base_index
+        stats = [(torch.zeros(m, dtype=torch.float64), torch.zeros(m, D, dtype=torch.float64),
+                  torch.zeros(m, D, dtype=torch.float64)) for m in (loc.num_embeddings for loc, _ in tables)]
         for digits, layout in nets:
             x = digits.reshape(-1, D).to(torch.float64)
             M = digits.shape[0]
-            for name, idx in zip(("tiled", "arch"), self._base_index(layout)):
+            for (n, s1, s2), idx in zip(stats, self._base_index(layout)):
                 if idx is None:
                     continue
                 idx = idx.expand(M, -1).reshape(-1)
-                n, s1, s2 = stats[name]
                 n.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float64))
                 s1.index_add_(0, idx, x), s2.index_add_(0, idx, x * x)
-        for name, (loc, log_s) in (("tiled", (self.base_loc, self.base_log_scale)),
-                                   ("arch", (self.arch_loc, self.arch_log_scale))):
-            n, s1, s2 = stats[name]
+        for (loc, log_s), (n, s1, s2) in zip(tables, stats):
             seen = n > 0
             mean = s1[seen] / n[seen, None]
             std = (s2[seen] / n[seen, None] - mean ** 2).clamp_min(0).sqrt().clamp_min(0.3)

@@ -183,13 +183,13 @@ class IGPGTrainer(MemberTokens):
     def init_base(self) -> None:
         """The prior stage starts from the per-position marginals of the frozen quantizer's codes of
         every training member (WeightIGPG.init_base), so it learns the conditionals on top of them."""
-        nets = []
-        for a in self.archs.values():
-            ids = a.layout.ids()
-            for i in range(0, len(a.members), 256):
-                x0 = torch.stack([self.tokenizer.encode(st, a.layout).float() for st, _, _ in a.members[i:i + 256]])
-                nets.append((self.model.quantize(x0, ids)[1], a.layout))
-        self.model.init_base(nets)
+        self.model.init_base([(self.codes(a, [st for st, _, _ in a.members[i:i + 256]]), a.layout)
+                              for a in self.archs.values() for i in range(0, len(a.members), 256)])
+
+    def codes(self, a, states: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """The quantizer's digits (M, N, D) of M canonical states of architecture `a`."""
+        x0 = torch.stack([self.tokenizer.encode(st, a.layout).float() for st in states])
+        return self.model.quantize(x0, a.layout.ids())[1]
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -322,8 +322,7 @@ class IGPGTrainer(MemberTokens):
                              for st, c in self.held_out_members(key)[:per_arch]]
                 if not items:
                     continue
-                x0 = torch.stack([self.tokenizer.encode(st, a.layout).float() for st, _ in items])
-                _, digits = self.model.quantize(x0, a.layout.ids())
+                digits = self.codes(a, [st for st, _ in items])
                 logits = self.model.prior_logits(digits, a.layout, torch.stack([c for _, c in items]))
                 prior += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), digits.reshape(-1), reduction="sum"))
                 if self.model.config.head == "logistic":
