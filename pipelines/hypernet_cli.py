@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                    "results.json records it")
     e.add_argument("--samples", type=int, default=1, help="nets a sampling generator (diffusion, igpg) draws per "
                    "case, keeping the lowest training loss (default: 1)")
+    e.add_argument("--cells", type=int, metavar="N", help="benchmark at most N of the held-out cells, spread over "
+                   "the architectures and the plane (for big zoos; default: all); every held-out architecture runs")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     c = sub.add_parser("compare", help="one table of several `hypernet eval` results on the same held-out cases")
     c.add_argument("results", nargs="+", help="results folders (or results.json files) of `hypernet eval`")
@@ -89,19 +91,22 @@ def cmd_train(a) -> int:
     return 0
 
 
-def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | None = None, samples: int = 1) -> int:
+def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | None = None, samples: int = 1,
+          n_cells: int | None = None) -> int:
     import torch
 
     from pipelines.benchmark import benchmark, summary_line
 
     if seeds is not None and (len(set(seeds)) != len(seeds) or min(seeds) < 0):
         raise ZooError(f"--seeds {' '.join(map(str, seeds))}: seeds must be distinct non-negative integers")
+    if n_cells is not None and n_cells < 1:
+        raise ZooError(f"--cells {n_cells}: must be at least 1")
     if threads is not None:
         if threads < 1:
             raise ZooError(f"--threads {threads}: must be at least 1")
         torch.set_num_threads(threads)
 
-    doc = benchmark(run, zoo, out=out, seeds=seeds, progress=not quiet, samples=samples)
+    doc = benchmark(run, zoo, out=out, seeds=seeds, progress=not quiet, samples=samples, n_cells=n_cells)
     print(summary_line(doc))
     print(f"wrote {out}/results.json, results.md and curves-*.png")
     return 0
@@ -109,7 +114,8 @@ def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | No
 
 def cmd_eval(a) -> int:
     run = Path(a.hypernet)
-    return _eval(run, Path(a.zoo), Path(a.out or f"results/{run.name}"), a.seeds, a.quiet, a.threads, a.samples)
+    return _eval(run, Path(a.zoo), Path(a.out or f"results/{run.name}"), a.seeds, a.quiet, a.threads, a.samples,
+                 a.cells)
 
 
 def cmd_predict(a) -> int:

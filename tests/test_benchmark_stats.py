@@ -9,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from zoo.errors import ZooError
+
+from pipelines.benchmark.protocol import Case, subset_cells
 from pipelines.benchmark.run import default_seeds
 from pipelines.benchmark.stats import bootstrap_ci, median_of_medians
 
@@ -65,8 +68,39 @@ def test_default_seeds_start_with_the_zoos_members():
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "1", "1"], "seeds must be distinct"),
     (["--threads", "0"], "--threads 0: must be at least 1"),
+    (["--cells", "0"], "--cells 0: must be at least 1"),
 ])
-def test_eval_cli_rejects_bad_seeds_and_threads(args, message, tmp_path):
+def test_eval_cli_rejects_bad_seeds_threads_and_cells(args, message, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipelines.hypernet_cli", "eval", "--hypernet", str(tmp_path / "none"),
                         "--zoo", str(tmp_path), *args], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def _cases(widths_counts: dict[int, int]) -> list[Case]:
+    out = []
+    for w, n in widths_counts.items():
+        out += [Case(f"z/w{w}-{i:02d}", "cells", "z", f"w{w}-{i:02d}", {"family": "mlp", "width": w}, 0.1, 1.0, None)
+                for i in range(n)]
+    return out + [Case("z/arch:wider", "archs", "z", "wider", {"family": "mlp", "width": 256}, 0.1, 1.0, None)]
+
+
+def test_subset_cells_spreads_over_architectures_and_keeps_every_architecture_case():
+    cases = _cases({8: 20, 16: 10, 32: 2})
+    got = subset_cells(cases, 8)
+    cells = [c for c in got if c.group == "cells"]
+    assert len(cells) == 8 and [c.key for c in got if c.group == "archs"] == ["z/arch:wider"]
+    per = {w: sum(c.arch["width"] == w for c in cells) for w in (8, 16, 32)}
+    assert per == {8: 5, 16: 2, 32: 1}  # proportional to 20 / 10 / 2, every width at least one
+    # evenly spaced through each width's plan order, in the cases' own order, the same on every call
+    assert [c.name for c in cells if c.arch["width"] == 8] == ["w8-02", "w8-06", "w8-10", "w8-14", "w8-18"]
+    assert [c.key for c in subset_cells(cases, 8)] == [c.key for c in got]
+    assert [c.key for c in got] == [c.key for c in cases if c in got]
+
+
+def test_subset_cells_all_fewer_than_groups_and_bad_n():
+    cases = _cases({8: 3, 16: 3, 32: 3})
+    assert subset_cells(cases, None) == cases and subset_cells(cases, 9) == cases and subset_cells(cases, 50) == cases
+    two = [c for c in subset_cells(cases, 2) if c.group == "cells"]
+    assert len(two) == 2 and len({c.arch["width"] for c in two}) == 2
+    with pytest.raises(ZooError, match="--cells 0: must be at least 1"):
+        subset_cells(cases, 0)

@@ -106,6 +106,39 @@ def cases_of(cells: list[ZooCell], split) -> list[Case]:
     return out
 
 
+def subset_cells(cases: list[Case], n: int | None) -> list[Case]:
+    """At most `n` of the held-out cell cases (every architecture case kept), for zoos too large to
+    benchmark whole: the cells are grouped by (zoo, architecture), each group gets a share of n
+    proportional to its size (largest remainder; every group at least one while n allows) and takes
+    that many cells evenly spaced through its plan order. Deterministic, so two runs with the same
+    n benchmark the same cells. None, or n at least the number of cells: every case."""
+    cells = [c for c in cases if c.group == "cells"]
+    if n is None or n >= len(cells):
+        return list(cases)
+    if n < 1:
+        raise ZooError(f"--cells {n}: must be at least 1 (the zoo has {len(cells)} held-out cells)")
+    groups: dict[tuple, list[Case]] = {}
+    for c in cells:
+        groups.setdefault((c.zoo, repr(sorted(c.arch.items()))), []).append(c)
+    order = sorted(groups, key=lambda g: (-len(groups[g]), g))
+    take = {g: 0 for g in order}
+    for g in order[:n]:  # at least one a group, the largest groups first
+        take[g] = 1
+    left = n - sum(take.values())
+    if left > 0:
+        quota = {g: len(groups[g]) * n / len(cells) - take[g] for g in order}
+        while left > 0:  # largest remainder, never more than a group has
+            g = max((g for g in order if take[g] < len(groups[g])), key=lambda g: (quota[g], -order.index(g)))
+            take[g] += 1
+            quota[g] -= 1
+            left -= 1
+    keep = set()
+    for g in order:
+        m, k = len(groups[g]), take[g]
+        keep |= {groups[g][int((i + 0.5) * m / k)].key for i in range(k)}
+    return [c for c in cases if c.group != "cells" or c.key in keep]
+
+
 def nearest_cell(case: Case, train_cells: list[ZooCell], spec: ConditionSpec) -> ZooCell | None:
     """The training cell of the same zoo and architecture closest in normalized condition."""
     same = [c for c in train_cells if c.zoo == case.zoo and c.arch == case.arch and c.rows]

@@ -107,6 +107,13 @@ def _bounds_note(counts: dict | None) -> str:
     return "speedups: " + ", ".join(f"{counts.get(k, 0)} {MARKS[k] or k}" for k in BOUNDS)
 
 
+def _subset_line(sub: dict | None) -> str:
+    if not sub:
+        return ""
+    return (f"; {sub['benchmarked']} of the {sub['held_out']} held-out cells (`--cells`, spread over the "
+            "architectures and the plane)")
+
+
 def markdown(doc: dict) -> str:
     s = doc["summary"]
     bounds = s.get("speedup_bounds", {})
@@ -115,6 +122,7 @@ def markdown(doc: dict) -> str:
         "",
         f"Zoo `{doc['zoo']}`, seeds {doc['seeds']}"
         f"{'; ' + str(doc['samples']) + ' samples per case, the lowest training loss kept' if doc.get('samples') else ''}"
+        f"{_subset_line(doc.get('cells_subset'))}"
         f"; score = {doc['results'][0]['metric']}. Speedup = steps "
         f"for random init to reach its own final score / steps for the init (per case the median over seeds; "
         f"below the median over cases, with a bootstrap 95% interval over cases and seeds). Machine: "

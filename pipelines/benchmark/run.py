@@ -16,15 +16,16 @@ from pipelines.zoodata import load_cells, make_split, split_digest
 from zoo.errors import ZooError
 from zoo.machine import machine_info
 from pipelines.benchmark.audit import memorization
-from pipelines.benchmark.protocol import DEFAULT_SEEDS, cases_of, run_case, summarize
+from pipelines.benchmark.protocol import DEFAULT_SEEDS, cases_of, run_case, subset_cells, summarize
 from pipelines.benchmark.report import write_outputs
 
 def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | None = None,
               seeds: list[int] | None = None, progress: bool = True, name: str | None = None,
-              samples: int = 1) -> dict:
+              samples: int = 1, n_cells: int | None = None) -> dict:
     """Run the init benchmark of a `hypernet train` run folder on its zoo; write results to `out`.
     samples: nets a sampling generator draws per case, keeping the one of lowest training loss
-    (hypernet.api.predict_params); a GHN predicts one."""
+    (hypernet.api.predict_params); a GHN predicts one. n_cells: benchmark at most this many held-out
+    cells (protocol.subset_cells: spread over the architectures and the plane), for big zoos."""
     from pipelines.fit import read_run
 
     hypernet_dir, zoo_root = Path(hypernet_dir), Path(zoo_dir)
@@ -42,6 +43,9 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
                        "evaluate on the zoo the hypernetwork was trained on")
     train_cells = [c for c in cells if c.key in set(meta["train_cells"])]
     cases = cases_of(cells, split)
+    n_held = sum(c.group == "cells" for c in cases)
+    cases = subset_cells(cases, n_cells)
+    n_bench = sum(c.group == "cells" for c in cases)
     if not cases:
         raise ZooError(f"{zoo_root}: no held-out cell or architecture to benchmark (see the split notes: "
                        f"{'; '.join(split.notes) or 'none'})")
@@ -67,6 +71,7 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
         "zoo": str(zoo_root),
         "seeds": seeds,
         **({"samples": samples} if samples > 1 else {}),
+        **({"cells_subset": {"benchmarked": n_bench, "held_out": n_held}} if n_bench < n_held else {}),
         "protocol": "held-out cells and architectures; random vs generator vs the baselines (nearest zoo model, "
                     "weight selection, LSUV, ZerO, orthogonal); steps-to-target = first step reaching the final "
                     "score of random init (same seed); medians with bootstrap 95% intervals over cases and seeds",
