@@ -619,6 +619,9 @@ def test_summary_and_marks_on_hand_made_results():
     assert "Marks: ≥ x: a lower bound" in md and "~ x: neither" in md
     assert "speedups: 1 exact, 1 ≥, 1 <, 1 ~" in md  # the cells' counts
     assert "Machine: Test CPU, 2 cores, torch 2.0 (AVX2), 2 threads." in md
+    assert "held-out cells (`--cells`" not in md  # every held-out cell ran
+    sub = markdown({**doc, "cells_subset": {"benchmarked": 4, "held_out": 80}})
+    assert "; 4 of the 80 held-out cells (`--cells`, spread over the architectures and the plane); score" in sub
     # compare: the same marks; the machines named, and said to differ
     other = copy.deepcopy(doc)
     other["hypernet"], other["machine"]["torch_threads"] = "ghn2", 1
