@@ -136,6 +136,10 @@ class IGPGTrainer(MemberTokens):
             groups += [{"params": decay, "weight_decay": t.weight_decay}, {"params": other, "weight_decay": 0.0}]
         self.opt = torch.optim.AdamW(groups, lr=t.lr, **fused_adamw())
         self.kind, self.label = "igpg", "igpg train"
+        # settings that only act after training: `--resume` of a finished run with other values
+        # redoes the temperature choice (finish) without retraining
+        self.sampling_keys = (("igpg", "temperature"), ("igpg", "top_k"), ("igpg", "temperature_on"),
+                              ("training", "temperatures"))
 
     def stage(self, s: int) -> str:
         return "quantizer" if s < self.config.training.quantizer_steps else "prior"
@@ -197,35 +201,46 @@ class IGPGTrainer(MemberTokens):
         self.sampling = self.select_temperature()
 
     @torch.no_grad()
-    def select_temperature(self, cells_per_arch: int = 2, samples: int = 4) -> dict:
+    def select_temperature(self, cells_per_arch: int = 3, samples: int = 4) -> dict:
         """Set the generator's default sampling temperature to the one of training.temperatures whose
         samples fit the training data best: per architecture, `samples` nets drawn (seeded) at the
-        conditions of up to `cells_per_arch` of its training cells, each scored by its loss on the
-        first 512 of the training samples the cell's members trained on (as predict_init's best-of-n
-        selection scores; never test data); the temperature with the lowest median loss wins. Lower
-        temperatures draw nets nearer the prior's per-digit modes. BatchNorm buffers are the
-        template module's (not re-estimated per sample as predict_init does: this ranks
-        temperatures). -> {"losses": {temperature: median loss}, "temperature": the chosen}."""
+        conditions of `cells_per_arch` of its training cells spread over the plane (its lowest,
+        middle and highest in (temperature, load)), each scored by its loss on the first 512 of
+        the training samples the cell's members trained on (as predict_init's best-of-n selection
+        scores; never test data). A temperature's score is the mean over those cells of the
+        median over a cell's samples, so a temperature that fails at one end of the plane (nets
+        with a loss of 50 at the highest learning rates, which then die in training) loses even
+        when the other cells do well. BatchNorm buffers are the template module's (not re-estimated
+        per sample as predict_init does: this ranks temperatures).
+        -> {"losses": {temperature: score}, "temperature": the chosen, "cells": the cells used}."""
         temps = self.config.training.temperatures
         if not temps:
             return {"losses": {}, "temperature": self.model.config.temperature}
         self.model.eval()
-        losses: dict[float, list[float]] = {float(v): [] for v in temps}
+        cell_of = {c.key: c for c in self.train_cells}
+        per_cell: dict[float, list[float]] = {float(v): [] for v in temps}
+        used = []
         for a in self.archs.values():
             conds = {}
             for _, cond, key in a.members:
                 conds.setdefault(key, cond)
+            order = sorted(conds, key=lambda k: (cell_of[k].temperature, cell_of[k].load, k))
+            k = min(cells_per_arch, len(order))
+            picks = [order[len(order) // 2]] if k == 1 else [order[round(i * (len(order) - 1) / (k - 1))]
+                                                            for i in range(k)]
             mask = self.tokenizer.mask(a.layout)
-            for key in sorted(conds)[:cells_per_arch]:
+            for key in dict.fromkeys(picks):
+                used.append(key)
                 d = a.tasks[key]
-                for v in losses:
+                for v in per_cell:
                     tokens = self.model.sample_tokens(a.layout, mask, conds[key], n=samples, temperature=v,
                                                       generator=torch.Generator().manual_seed(0))
-                    losses[v] += self.score(a, self.decode(a, tokens), d.objective, d.x[:512], d.y[:512])["loss"].tolist()
-        med = {v: float(np.median(np.nan_to_num(ls, nan=np.inf))) if ls else float("inf") for v, ls in losses.items()}
-        best = min(med, key=lambda v: (med[v], -v))
+                    loss = self.score(a, self.decode(a, tokens), d.objective, d.x[:512], d.y[:512])["loss"]
+                    per_cell[v].append(float(np.median(np.nan_to_num(np.asarray(loss.tolist(), dtype=float), nan=np.inf))))
+        score = {v: float(np.mean(ls)) if ls else float("inf") for v, ls in per_cell.items()}
+        best = min(score, key=lambda v: (score[v], -v))
         self.model.config.temperature = best
-        return {"losses": {str(v): m for v, m in med.items()}, "temperature": best}
+        return {"losses": {str(v): m for v, m in score.items()}, "temperature": best, "cells": used}
 
     def monitor(self) -> dict:
         return {}

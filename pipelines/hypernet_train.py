@@ -59,6 +59,9 @@ class Recipe(Protocol):
     # the quantizer, then the prior, each with its own warm-up and decay); default warmup_cosine.
     # optional: finish() after the last step, before the model is saved (IGPG: it picks the
     # sampling temperature on training data)
+    # optional: sampling_keys, (section, key) pairs of the config that only affect sampling after
+    # training (IGPG: the temperatures); `--resume` accepts a run whose checkpoint differs in them,
+    # so a finished run can redo finish() with other settings without retraining
 
 
 def warmup_cosine(step: int, t) -> float:
@@ -122,12 +125,27 @@ def save_checkpoint(ck: Path, model: nn.Module, opt: torch.optim.Optimizer, stat
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(ck: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict, split: str) -> dict:
-    """Restore what save_checkpoint wrote; refuses a checkpoint of another config or split."""
+def _flat(config: dict, skip: set) -> dict:
+    """{"section.key": value} of a recipe config, leaving out the (section, key) pairs in skip."""
+    out = {}
+    for sec, part in config.items():
+        for k, v in (part.items() if isinstance(part, dict) else [("", part)]):
+            if (sec, k) not in skip:
+                out[f"{sec}.{k}" if k else sec] = v
+    return out
+
+
+def load_checkpoint(ck: Path, model: nn.Module, opt: torch.optim.Optimizer, config: dict, split: str,
+                    sampling_keys=()) -> dict:
+    """Restore what save_checkpoint wrote; refuses a checkpoint of another config (apart from
+    `sampling_keys`, (section, key) pairs that only affect sampling) or split."""
     state = json.loads((ck / "state.json").read_text())
-    if state["config"] != config:
-        raise ZooError(f"{ck}: was written with a different hypernet config; resume with the same "
-                       f"config, or use a new --out")
+    skip = set(map(tuple, sampling_keys))
+    old, new = _flat(state["config"], skip), _flat(config, skip)
+    if old != new:
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise ZooError(f"{ck}: was written with a different hypernet config (differs in {', '.join(diff)}); "
+                       f"resume with the same config, or use a new --out")
     if state["split"] != split:
         raise ZooError(f"{ck}: the zoo's held-out split changed since this run started; use a new --out")
     model.load_state_dict(load_file(str(ck / "model.safetensors")))
@@ -154,7 +172,8 @@ def fit(recipe: Recipe, out: Path, resume: bool = False, progress: bool = True) 
     config, digest = recipe.config.to_dict(), recipe.split_digest()
     step = 0
     if resume and ck.exists():
-        step = int(load_checkpoint(ck, recipe.model, recipe.opt, config, digest)["step"])
+        step = int(load_checkpoint(ck, recipe.model, recipe.opt, config, digest,
+                                   getattr(recipe, "sampling_keys", ()))["step"])
         trim_log(log_path, step)
     elif log_path.exists():
         log_path.unlink()

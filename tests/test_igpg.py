@@ -135,6 +135,34 @@ def test_sampling_is_deterministic_for_a_seed_and_varies_across_seeds():
     assert spread(cold) < spread(hot)
 
 
+def test_temperature_scales_the_logistic_so_a_cold_draw_stays_near_its_location(tmp_path):
+    """A wide digit (scale 3 levels around 1.2, of 4 levels): the end levels hold its tails, so its
+    most probable level is 0 (mass 0.442 against 0.083 for level 1). Dividing the log-masses by a low
+    temperature ("logits") piles the draws there; scaling the logistic ("scale", the default) puts
+    them at level 1, the one holding the location. Configs saved before `temperature_on` existed
+    sampled the first way and still do."""
+    h = torch.zeros(1, 32)
+    base = (torch.full((1, 4), 1.2), torch.full((1, 4), math.log(3.0)))
+    for on, cold_level in (("scale", 1), ("logits", 0)):
+        gen = _tiny(temperature_on=on).eval()  # the head starts at zero: the digits are the base's
+        warm = gen._logits(h, base).exp()[0, 0]
+        sig = lambda x: 1 / (1 + math.exp(-(x - 1.2) / 3))  # noqa: E731 - the logistic's CDF
+        assert warm.tolist() == pytest.approx([sig(0.5), sig(1.5) - sig(0.5), sig(2.5) - sig(1.5), 1 - sig(2.5)],
+                                              abs=1e-6)
+        cold = gen._logits(h, base, 0.05).softmax(-1)[0, 0]
+        assert int(cold.argmax()) == cold_level and float(cold.max()) > 0.85
+    gen = _tiny()
+    gen.save_pretrained(tmp_path / "g")
+    cfg = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert cfg["temperature_on"] == "scale"
+    del cfg["temperature_on"]
+    (tmp_path / "g" / "config.json").write_text(json.dumps(cfg))
+    old = WeightIGPG.from_pretrained(str(tmp_path / "g"))
+    assert old.config.temperature_on == "logits" and old.config.head == "logistic"
+    with pytest.raises(ZooError, match="IGPGConfig.temperature_on 'masses' is not valid; valid: scale, logits"):
+        _tiny(temperature_on="masses")
+
+
 def test_any_depth_is_a_longer_prefix():
     gen = _tiny().eval()
     for depth in (1, 2, 3, 5):
@@ -272,6 +300,12 @@ def deep_zoo(tmp_path_factory) -> Path:
     return out
 
 
+def _cell_temperature(zoo: Path, key: str) -> float:
+    from pipelines.zoodata import load_cells
+
+    return next(c.temperature for c in load_cells(zoo) if c.key == key)
+
+
 @pytest.mark.slow
 def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     from pipelines.fit_igpg import IGPGRunConfig
@@ -305,6 +339,10 @@ def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     sampling = meta["sampling"]
     assert sorted(sampling["losses"]) == ["0.1", "0.25", "0.5", "1.0"]
     assert sampling["losses"][str(sampling["temperature"])] == min(sampling["losses"].values())
+    # scored on 3 training cells spread over the plane: its lowest and highest temperature among them
+    temps = {c: t for c, t in zip(meta["train_cells"], [_cell_temperature(deep_zoo, k) for k in meta["train_cells"]])}
+    used = [temps[k] for k in sampling["cells"]]
+    assert len(sampling["cells"]) == 3 and min(used) == min(temps.values()) and max(used) == max(temps.values())
     gen = load_hypernet(out)
     assert isinstance(gen, WeightIGPG) and gen.config.trained_kinds == ["bias", "linear_weight"]
     assert gen.config.temperature == sampling["temperature"] and gen.config.head == "logistic"
@@ -361,3 +399,13 @@ def test_igpg_resume_after_an_interruption_is_exact(deep_zoo, tmp_path, monkeypa
     # the same sampling temperature, base layouts and the rest of the saved config
     assert json.loads((tmp_path / "whole" / "config.json").read_text()) == json.loads((out / "config.json").read_text())
     assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [2, 4, 6, 8]
+    # a finished run resumed with other sampling settings redoes the temperature choice only
+    again = {**cfg, "training": {**cfg["training"], "temperatures": [0.5]}}
+    meta = train(deep_zoo, out, IGPGRunConfig.from_dict(again), resume=True, progress=False)
+    assert meta["resumed_from"] == 8 and meta["sampling"]["temperature"] == 0.5 and list(meta["sampling"]["losses"]) == ["0.5"]
+    c = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a) and load_hypernet(out).config.temperature == 0.5
+    # any other change is refused, naming the setting
+    other = {**cfg, "training": {**cfg["training"], "lr": 1e-2}}
+    with pytest.raises(ZooError, match=r"different hypernet config \(differs in training.lr\)"):
+        train(deep_zoo, out, IGPGRunConfig.from_dict(other), resume=True, progress=False)
