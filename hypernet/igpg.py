@@ -454,9 +454,10 @@ class WeightIGPG(nn.Module, PyTorchModelHubMixin, library_name="weight-zoo",
         if c.head == "categorical":
             out = out.view(*h.shape[:-1], len(c.levels), max(c.levels))
             return out.masked_fill(~self.valid, float("-inf")) / temperature
+        loc, log_scale = base[0] + out[..., 0::2], base[1] + out[..., 1::2]
         if c.temperature_on == "logits":
-            return self._logistic(base[0] + out[..., 0::2], base[1] + out[..., 1::2]) / temperature
-        return self._logistic(base[0] + out[..., 0::2], base[1] + out[..., 1::2], math.log(temperature))
+            return self._logistic(loc, log_scale) / temperature
+        return self._logistic(loc, log_scale, math.log(temperature))
 
     def _logistic(self, loc: torch.Tensor, log_scale: torch.Tensor, log_temperature: float = 0.0) -> torch.Tensor:
         """Log-masses of digits with these locations and log-scales (..., D); the scale stays

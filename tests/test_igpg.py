@@ -300,12 +300,6 @@ def deep_zoo(tmp_path_factory) -> Path:
     return out
 
 
-def _cell_temperature(zoo: Path, key: str) -> float:
-    from pipelines.zoodata import load_cells
-
-    return next(c.temperature for c in load_cells(zoo) if c.key == key)
-
-
 @pytest.mark.slow
 def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     from pipelines.fit_igpg import IGPGRunConfig
@@ -340,7 +334,9 @@ def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     assert sorted(sampling["losses"]) == ["0.1", "0.25", "0.5", "1.0"]
     assert sampling["losses"][str(sampling["temperature"])] == min(sampling["losses"].values())
     # scored on 3 training cells spread over the plane: its lowest and highest temperature among them
-    temps = {c: t for c, t in zip(meta["train_cells"], [_cell_temperature(deep_zoo, k) for k in meta["train_cells"]])}
+    from pipelines.zoodata import load_cells
+
+    temps = {c.key: c.temperature for c in load_cells(deep_zoo) if c.key in meta["train_cells"]}
     used = [temps[k] for k in sampling["cells"]]
     assert len(sampling["cells"]) == 3 and min(used) == min(temps.values()) and max(used) == max(temps.values())
     gen = load_hypernet(out)
