@@ -70,6 +70,9 @@ class IGPGTrainConfig:
     # at the end: the saved generator's sampling temperature is the one of these whose samples have
     # the lowest median training loss on the training cells (`select_temperature`); [] keeps igpg.temperature
     temperatures: list = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.1])
+    # ... sampled on at most this many architectures (evenly spaced in their sorted order), so a zoo
+    # of 120 architectures does not draw 4 x 4 nets at 360 cells
+    temperature_archs: int = 24
 
 
 @dataclass
@@ -87,7 +90,7 @@ class IGPGRunConfig:
                         exclude={"conditions", "n_conditions", "tokenizer", "family", "trained_kinds", "base_layouts"})
         t = IGPGTrainConfig(**section(d, "training", IGPGTrainConfig, source))
         check_fields(t, source, at_least_one=("steps", "quantizer_steps", "batch_size", "checkpoint_every",
-                                              "log_every", "data_batch"),
+                                              "log_every", "data_batch", "temperature_archs"),
                      positive=("lr", "quantizer_lr", "clip"), non_negative=("task_weight", "prior_task_weight", "distill", "warmup"))
         if not isinstance(t.temperatures, list) or not all(isinstance(v, (int, float)) and v > 0 for v in t.temperatures):
             raise ZooError(f"{source}: training.temperatures must be a list of numbers > 0 (got {t.temperatures!r})")
@@ -104,6 +107,14 @@ class IGPGRunConfig:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "igpg": self.igpg, "training": asdict(self.training)}
+
+
+def spread(items: list, k: int) -> list:
+    """At most k of items, evenly spaced and including both ends (k = 1: the middle one)."""
+    n = min(k, len(items))
+    if n <= 1:
+        return items[len(items) // 2:][:n]
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -139,7 +150,7 @@ class IGPGTrainer(MemberTokens):
         # settings that only act after training: `--resume` of a finished run with other values
         # redoes the temperature choice (finish) without retraining
         self.sampling_keys = (("igpg", "temperature"), ("igpg", "top_k"), ("igpg", "temperature_on"),
-                              ("training", "temperatures"))
+                              ("training", "temperatures"), ("training", "temperature_archs"))
 
     def stage(self, s: int) -> str:
         return "quantizer" if s < self.config.training.quantizer_steps else "prior"
@@ -203,7 +214,8 @@ class IGPGTrainer(MemberTokens):
     @torch.no_grad()
     def select_temperature(self, cells_per_arch: int = 3, samples: int = 4) -> dict:
         """Set the generator's default sampling temperature to the one of training.temperatures whose
-        samples fit the training data best: per architecture, `samples` nets drawn (seeded) at the
+        samples fit the training data best: per architecture (at most training.temperature_archs of
+        them, evenly spaced in sorted order), `samples` nets drawn (seeded) at the
         conditions of `cells_per_arch` of its training cells spread over the plane (its lowest,
         middle and highest in (temperature, load)), each scored by its loss on the first 512 of
         the training samples the cell's members trained on (as predict_init's best-of-n selection
@@ -220,14 +232,11 @@ class IGPGTrainer(MemberTokens):
         cell_of = {c.key: c for c in self.train_cells}
         per_cell: dict[float, list[float]] = {float(v): [] for v in temps}
         used = []
-        for a in self.archs.values():
+        for a in spread([self.archs[k] for k in sorted(self.archs)], self.config.training.temperature_archs):
             conds = {}
             for _, cond, key in a.members:
                 conds.setdefault(key, cond)
-            order = sorted(conds, key=lambda k: (cell_of[k].temperature, cell_of[k].load, k))
-            k = min(cells_per_arch, len(order))
-            picks = [order[len(order) // 2]] if k == 1 else [order[round(i * (len(order) - 1) / (k - 1))]
-                                                            for i in range(k)]
+            picks = spread(sorted(conds, key=lambda k: (cell_of[k].temperature, cell_of[k].load, k)), cells_per_arch)
             mask = self.tokenizer.mask(a.layout)
             for key in dict.fromkeys(picks):
                 used.append(key)

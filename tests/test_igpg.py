@@ -280,7 +280,20 @@ def test_run_config_errors():
         IGPGRunConfig.from_dict({"training": {"quantizer_lr": 0}})
     with pytest.raises(ZooError, match=r"training.temperatures must be a list of numbers > 0 \(got \[1.0, 0\]\)"):
         IGPGRunConfig.from_dict({"training": {"temperatures": [1.0, 0]}})
+    with pytest.raises(ZooError, match=r"training.temperature_archs must be >= 1 \(got 0\)"):
+        IGPGRunConfig.from_dict({"training": {"temperature_archs": 0}})
     assert load_config(None, "igpg").kind == "igpg"
+
+
+def test_the_temperature_choice_spreads_its_architectures_and_cells():
+    from pipelines.fit_igpg import spread
+
+    archs = list(range(120))  # the architecture-diverse zoo: 24 of its 120, both ends included
+    got = spread(archs, 24)
+    assert len(got) == 24 and got[0] == 0 and got[-1] == 119 and got == sorted(set(got))
+    assert max(b - a for a, b in zip(got, got[1:])) - min(b - a for a, b in zip(got, got[1:])) <= 1
+    assert spread(list("abcde"), 3) == ["a", "c", "e"] and spread(list("abcde"), 1) == ["c"]
+    assert spread(list("ab"), 3) == ["a", "b"] and spread([], 3) == []
 
 
 # ---- end to end on a tiny zoo of depth-2 MLPs ------------------------------------------------------
