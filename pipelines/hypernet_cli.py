@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                    "case, keeping the lowest training loss (default: 1)")
     e.add_argument("--cells", type=int, metavar="N", help="benchmark at most N of the held-out cells, spread over "
                    "the architectures and the plane (for big zoos; default: all); every held-out architecture runs")
+    e.add_argument("--audit-only", action="store_true", help="redo only the memorization audit of the results "
+                   "already in --out (their cases, seeds and samples), keeping the trained curves")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     c = sub.add_parser("compare", help="one table of several `hypernet eval` results on the same held-out cases")
     c.add_argument("results", nargs="+", help="results folders (or results.json files) of `hypernet eval`")
@@ -92,7 +94,7 @@ def cmd_train(a) -> int:
 
 
 def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | None = None, samples: int = 1,
-          n_cells: int | None = None) -> int:
+          n_cells: int | None = None, audit_only: bool = False) -> int:
     import torch
 
     from pipelines.benchmark import benchmark, summary_line
@@ -106,7 +108,11 @@ def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | No
             raise ZooError(f"--threads {threads}: must be at least 1")
         torch.set_num_threads(threads)
 
-    doc = benchmark(run, zoo, out=out, seeds=seeds, progress=not quiet, samples=samples, n_cells=n_cells)
+    if audit_only and (seeds is not None or samples != 1 or n_cells is not None):
+        raise ZooError("--audit-only takes the seeds, samples and cells of the results it re-audits; "
+                       "leave out --seeds, --samples and --cells")
+    doc = benchmark(run, zoo, out=out, seeds=seeds, progress=not quiet, samples=samples, n_cells=n_cells,
+                    audit_only=audit_only)
     print(summary_line(doc))
     print(f"wrote {out}/results.json, results.md and curves-*.png")
     return 0
@@ -115,7 +121,7 @@ def _eval(run: Path, zoo: Path, out: Path, seeds, quiet: bool, threads: int | No
 def cmd_eval(a) -> int:
     run = Path(a.hypernet)
     return _eval(run, Path(a.zoo), Path(a.out or f"results/{run.name}"), a.seeds, a.quiet, a.threads, a.samples,
-                 a.cells)
+                 a.cells, a.audit_only)
 
 
 def cmd_predict(a) -> int:

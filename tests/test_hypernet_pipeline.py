@@ -26,6 +26,7 @@ from tests.hub_fixtures import hub, hub_env  # noqa: F401  (pytest fixtures)
 from hypernet.api import load_hypernet, predict_init
 from hypernet.conditions import AxisNorm, ConditionSpec
 from pipelines.fit import HypernetConfig, Trainer, read_run
+from pipelines.zoodata import load_cells
 from pipelines.recipes import load_config, train
 from pipelines.zoodata import held_out_cell, load_cells, make_split
 from pipelines.build import build
@@ -439,10 +440,35 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     assert 0 <= mem["agreement_with_nearest_median"] <= 1
     assert len(mem["per_case"][0]["reference_held_out_members"]) == 2  # the held-out cell's own 2 seeds
     assert mem["reference_held_out_members_median"] > mem["baseline_trained_plus_noise_median"]
+    # the denominator is the held-out cell's own seed distance (it has 2 members); the calibration:
+    # nets trained there from seeds no member has, as far from every checkpoint as training makes them
+    case0 = mem["per_case"][0]
+    assert case0["seed_distance_from"] == "held-out cell" and case0["seed_distance_training_cells"] > 0
+    zoo_seeds = {m.seed for c in load_cells(zoo_dir) for m in c.members}
+    assert len(mem["fresh_seeds"]) == 2 and not zoo_seeds & set(mem["fresh_seeds"])
+    assert len(case0["reference_fresh_runs"]) == 2
+    assert mem["reference_fresh_runs_median"] > 3 * mem["baseline_trained_plus_noise_median"]
+    lo, hi = mem["nn_distance_ratio_ci"]
+    assert lo <= mem["nn_distance_ratio_median"] <= hi
+    fresh0 = statistics.median(case0["reference_fresh_runs"])
+    assert case0["ratio_over_fresh_runs"] == pytest.approx([r / fresh0 for r in case0["nn_distance_ratio"]])
+    assert mem["goal_as_new_as_fresh_runs"] == (mem["ratio_over_fresh_runs_median"] >= 1)
     assert mem["goal_not_closer_than_seeds"] == (mem["nn_distance_ratio_median"] >= 1)
     assert (tmp_path / "res" / "results.json").exists()
-    # the comparison table puts runs on the same cases side by side, and refuses other cases or seeds
+    # --audit-only redoes the audit alone: the trained cases stay, the audit is the same for the same run
     from pipelines.hypernet_cli import main as hypernet_main
+
+    before = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert hypernet_main(["eval", "--hypernet", str(out), "--zoo", str(zoo_dir), "--out", str(tmp_path / "res"),
+                          "--audit-only", "--quiet"]) == 0
+    after = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert after["results"] == before["results"] and after["summary"] == before["summary"]
+    assert after["memorization"] == before["memorization"] and after["audit_seconds"] > 0
+    assert hypernet_main(["eval", "--hypernet", str(out), "--zoo", str(zoo_dir), "--out", str(tmp_path / "res"),
+                          "--audit-only", "--seeds", "0", "--quiet"]) == 2
+    assert hypernet_main(["eval", "--hypernet", str(out), "--zoo", str(zoo_dir), "--out", str(tmp_path / "none"),
+                          "--audit-only", "--quiet"]) == 2
+    # the comparison table puts runs on the same cases side by side, and refuses other cases or seeds
     from pipelines.benchmark import compare, read_results
 
     other = json.loads((tmp_path / "res" / "results.json").read_text())

@@ -4,6 +4,7 @@ samples new nets, or copies of the zoo members it learned from? See `memorizatio
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -11,7 +12,9 @@ import torch
 from hypernet.api import predict_params
 from hypernet.conditions import ConditionSpec
 from pipelines.zoodata import ZooCell
-from pipelines.benchmark.protocol import Case, median, nearest_cell
+from pipelines.benchmark.protocol import Case, case_members, nearest_cell
+from pipelines.benchmark.stats import bootstrap_ci, median_of_medians
+from zoo.train import Population
 
 def _flat(state: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([state[n].reshape(-1).double() for n in names])
@@ -29,31 +32,72 @@ def _agreement(module, a: dict, b: dict, x: torch.Tensor) -> float:
     return float((pa.argmax(-1) == pb.argmax(-1)).double().mean())
 
 
+FRESH_RUNS = 2  # nets trained per audited cell from seeds no zoo member has
+
+
+def fresh_seeds(cells: list[ZooCell], n: int) -> list[int]:
+    """n seeds no member of these cells was trained from (the next integers above the largest)."""
+    top = max((m.seed for c in cells for m in c.members), default=-1)
+    return [top + 1 + k for k in range(n)]
+
+
+def fresh_runs(case: Case, seeds: list[int]) -> list[dict[str, torch.Tensor]]:
+    """Nets trained at the case's cell with its hyperparameters and epoch budget from `seeds` (the
+    zoo's init scheme, like random init in the benchmark): independent training runs that share
+    no init with any zoo member, the audit's calibration of what "a new net" scores."""
+    cell = case.cell
+    pop = Population(cell.load_task(), case.arch, cell.init, dict(cell.training),
+                     case_members(cell, [(f"fresh/{s}", s) for s in seeds]))
+    for epoch in range(1, int(cell.training["epochs"]) + 1):
+        pop.train_epoch(epoch)
+    return [pop.member_state(i) for i in range(len(seeds))]
+
+
+def _pairs(states: list[dict], names: list[str]) -> list[float]:
+    flat = [_flat(st, names) for st in states]
+    return [float((a - b).norm()) for i, a in enumerate(flat) for b in flat[i + 1:]]
+
+
 def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: Path, spec: ConditionSpec,
-                 samples: int = 4) -> dict:
+                 samples: int = 4, draws: int = 1, fresh: int = FRESH_RUNS,
+                 progress: Callable[[str], None] | None = None) -> dict:
     """How close sampled weights are to the generator's training checkpoints.
 
-    For each held-out cell: the generator draws `samples` nets at that cell's condition; each is
-    canonicalized (hypernet.symmetry, against the seed-0 member of the nearest training cell of the
-    same architecture), and its L2 distance to the nearest training checkpoint of that architecture
-    (also canonicalized) is divided by the distance between two trained seeds of the same training
-    cell (median over the architecture's training cells). Below 1: closer to a training checkpoint
-    than independent training gets; near 0: a copy. The same ratio is reported for two baselines,
-    a training checkpoint plus Gaussian noise (10% of each tensor's RMS) and the average of a
-    training cell's canonicalized members, and the agreement of test predictions with the nearest
-    checkpoint beside that of two trained seeds. A reference point: the same ratio for the zoo's
-    own trained members of the held-out cell (real training runs the generator never saw). Members
-    of different cells share their init seeds, so even these sit below 1 when a neighbouring cell's
-    member of the same seed trained to a nearby point."""
+    For each held-out cell of a trained architecture: the generator draws `samples` nets at that
+    cell's condition, each the one of lowest training loss among `draws` (what the benchmark trains
+    with `--samples`); each is canonicalized (hypernet.symmetry, against the seed-0 member of the
+    nearest training cell of the same architecture), and its L2 distance to the nearest training
+    checkpoint of that architecture (also canonicalized) is divided by the **seed distance**: the
+    median distance between two of the held-out cell's own trained members (independent training
+    at that very condition), or, for a cell with one member, the median over the architecture's
+    training cells of the distance between two seeds of a cell (`seed_distance_from` says which).
+    The cell's own distance matters on a plane where weight norms grow with the learning rate: an
+    architecture-wide median overstates the ratio at small-norm cells and understates it at large
+    ones. Below 1: closer to a training checkpoint than independent training gets; near 0: a copy.
+
+    The same ratio for the baselines (a training checkpoint + Gaussian noise of 10% of each tensor's
+    RMS; the average of the nearest training cell's canonicalized members) and for two references:
+    the held-out cell's own trained members (real training runs the generator never saw; but zoo
+    members of different cells share init seeds, so they sit near a neighbouring cell's member of
+    the same seed) and `fresh` nets trained at the cell from seeds no zoo member has (fresh_runs),
+    which is what a new, independent training run scores: the goal's calibration. Independent
+    training itself scores below 1 (the nearest of hundreds of checkpoints is nearer than a typical
+    pair of seeds: 0.84 on the 10,000-model zoo), so beside the literal goal (ratio >= 1) the audit
+    reports each sample's ratio over its cell's fresh-run median (`ratio_over_fresh_runs`; >= 1: as
+    new as independent training) and that goal. Beside them, the
+    agreement of test predictions with the nearest checkpoint and that of two trained seeds.
+    Summary: medians over cells of the per-cell median, with two-stage bootstrap 95% intervals
+    (cells, then samples; pipelines.benchmark.stats)."""
     from hypernet.symmetry import canonicalize
 
     per_case = []
-    for case in cases:
-        if case.group != "cells":
-            continue
+    audited = [c for c in cases if c.group == "cells"
+               and any(t.zoo == c.zoo and t.arch == c.arch and t.rows for t in train_cells)]
+    new_seeds = fresh_seeds(train_cells + [c.cell for c in audited], fresh)
+    for case in audited:
+        if progress:
+            progress(case.key)
         same = [c for c in train_cells if c.zoo == case.zoo and c.arch == case.arch and c.rows]
-        if not same:
-            continue
         module = case.cell.build(case.arch)
         names = [n for n, _ in module.named_parameters()]
         near = nearest_cell(case, train_cells, spec)
@@ -61,11 +105,12 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         canon = {c.key: [canonicalize(s, ref, module) for s in c.states(zoo_root)] for c in same}
         bank = [(k, st) for k, sts in canon.items() for st in sts]
         T = torch.stack([_flat(st, names) for _, st in bank])  # (members, params)
-        seed_d = [float((_flat(a, names) - _flat(b, names)).norm()) for sts in canon.values()
-                  for i, a in enumerate(sts) for b in sts[i + 1:]]
-        if not seed_d:
+        train_pairs = [d for sts in canon.values() for d in _pairs(sts, names)]
+        if not train_pairs:
             continue
-        seed_dist = float(np.median(seed_d))
+        own = [canonicalize(st, ref, module) for st in case.cell.states(zoo_root)]
+        own_pairs = _pairs(own, names)
+        seed_dist = float(np.median(own_pairs or train_pairs))
         x_test = case.cell.load_task().x_test[:1000]
         seed_agree = float(np.median([_agreement(module, a, b, x_test) for sts in canon.values()
                                       for i, a in enumerate(sts) for b in sts[i + 1:]]))
@@ -78,7 +123,8 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         cond = spec.vector(case.zoo, case.temperature, case.load)
         ratios, agree = [], []
         for k in range(samples):
-            st = canonicalize(predict_params(gen, module, cond, zoo=case.zoo, n=1, seed=1000 + k), ref, module)
+            drawn = predict_params(gen, module, cond, zoo=case.zoo, n=draws, seed=1000 + k)
+            st = canonicalize(drawn, ref, module)
             r, nb = nearest(st)
             ratios.append(r)
             agree.append(_agreement(module, st, nb, x_test))
@@ -86,24 +132,49 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         member = bank[0][1]
         noisy = {n: v + 0.1 * v.pow(2).mean().sqrt() * torch.randn(v.shape, generator=g) for n, v in member.items()}
         avg = {n: torch.stack([st[n] for st in canon[near.key]]).mean(0) for n in names}
-        real = [nearest(canonicalize(st, ref, module))[0] for st in case.cell.states(zoo_root)]
+        news = [canonicalize(st, ref, module) for st in fresh_runs(case, new_seeds)] if fresh else []
         per_case.append({"case": case.key, "nn_distance_ratio": ratios, "agreement_with_nearest": agree,
-                         "seed_distance": seed_dist, "seed_agreement": seed_agree,
+                         "seed_distance": seed_dist,
+                         "seed_distance_from": "held-out cell" if own_pairs else "training cells",
+                         "seed_distance_training_cells": float(np.median(train_pairs)),
+                         "seed_agreement": seed_agree,
                          "baseline_trained_plus_noise": nearest({n: noisy[n] for n in names})[0],
                          "baseline_cell_average": nearest(avg)[0],
-                         "reference_held_out_members": real})
+                         "reference_held_out_members": [nearest(st)[0] for st in own],
+                         "reference_fresh_runs": [nearest(st)[0] for st in news]})
     if not per_case:
         return {"note": "no held-out cell with a trained architecture to audit"}
-    ratio = median([r for c in per_case for r in c["nn_distance_ratio"]])
+
+    def stat(key):
+        groups = [c[key] if isinstance(c[key], list) else [c[key]] for c in per_case]
+        return median_of_medians(groups), bootstrap_ci(groups)
+
+    ratio, ratio_ci = stat("nn_distance_ratio")
+    fresh_med, fresh_ci = stat("reference_fresh_runs")
+    # the ratio over that of independent training at the same cell: 1 = as new as a fresh training run
+    for c in per_case:
+        f = float(np.median(c["reference_fresh_runs"])) if c["reference_fresh_runs"] else None
+        c["ratio_over_fresh_runs"] = [r / f for r in c["nn_distance_ratio"]] if f else []
+    cal, cal_ci = stat("ratio_over_fresh_runs")
     return {
         "nn_distance_ratio_median": ratio,
+        "nn_distance_ratio_ci": ratio_ci,
         # the issue's goal: generated nets no closer to a training checkpoint than two trained seeds
         "goal_not_closer_than_seeds": ratio is not None and ratio >= 1.0,
-        "agreement_with_nearest_median": median([a for c in per_case for a in c["agreement_with_nearest"]]),
-        "seed_agreement_median": median([c["seed_agreement"] for c in per_case]),
-        "baseline_trained_plus_noise_median": median([c["baseline_trained_plus_noise"] for c in per_case]),
-        "baseline_cell_average_median": median([c["baseline_cell_average"] for c in per_case]),
-        "reference_held_out_members_median": median([r for c in per_case for r in c["reference_held_out_members"]]),
+        "agreement_with_nearest_median": stat("agreement_with_nearest")[0],
+        "seed_agreement_median": stat("seed_agreement")[0],
+        "baseline_trained_plus_noise_median": stat("baseline_trained_plus_noise")[0],
+        "baseline_cell_average_median": stat("baseline_cell_average")[0],
+        "reference_held_out_members_median": stat("reference_held_out_members")[0],
+        "reference_fresh_runs_median": fresh_med,
+        "reference_fresh_runs_ci": fresh_ci,
+        # calibrated: the literal goal above is missed by independent training itself (a nearest
+        # distance among hundreds of checkpoints is below a typical distance between two seeds)
+        "ratio_over_fresh_runs_median": cal,
+        "ratio_over_fresh_runs_ci": cal_ci,
+        "goal_as_new_as_fresh_runs": cal is not None and cal >= 1.0,
+        "fresh_seeds": new_seeds,
         "samples_per_case": samples,
+        "draws_per_sample": draws,
         "per_case": per_case,
     }

@@ -216,6 +216,14 @@ def baseline_states(name: str, case: Case, seeds: list[int], train_cells: list[Z
     raise ZooError(f"unknown baseline {name!r}; valid: {', '.join(BASELINES)}")
 
 
+def case_members(cell: ZooCell, named_seeds: list[tuple[str, int]]) -> list[MemberConfig]:
+    """Population members with a cell's hyperparameters, one per (name, seed): the seed sets the data
+    order (and, with no state given, the init) as in the zoo's own training."""
+    t = cell.training
+    return [MemberConfig(name, s, float(t["lr"]), float(t["weight_decay"]), float(t["label_noise"]))
+            for name, s in named_seeds]
+
+
 def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], zoo_root: Path,
              seeds: list[int], generator_name: str = "hypernet", samples: int = 1,
              baseline_names: tuple[str, ...] = BASELINES) -> dict:
@@ -225,7 +233,7 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
     task = cell.load_task()
     common = dict(cell.training)
     template = cell.build(case.arch)
-    states, members, labels = [], [], []
+    states, labels = [], []
     unsupported: dict[str, str] = {}
     # (a) random: the zoo's own init scheme and seeds
     for s in seeds:
@@ -257,9 +265,7 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
             continue
         states += got
         labels += [(b, s) for s in seeds]
-    for g, s in labels:
-        members.append(MemberConfig(f"{g}/{s}", s, float(common["lr"]), float(common["weight_decay"]),
-                                    float(common["label_noise"])))
+    members = case_members(cell, [(f"{g}/{s}", s) for g, s in labels])
     pop = Population(task, case.arch, cell.init, common, members, states=states)
     epochs = int(common["epochs"])
     per_epoch = pop.n_steps_per_epoch

@@ -158,15 +158,28 @@ def markdown(doc: dict) -> str:
     mem = doc.get("memorization")
     if mem and "nn_distance_ratio_median" in mem:
         lines += ["", "Memorization audit (held-out cells; distances after canonicalization, divided by the "
-                  "distance between two trained seeds of a cell):", "",
-                  f"- generated nets, distance to the nearest training checkpoint: **{_fmt(mem['nn_distance_ratio_median'])}**"
-                  f" (goal ≥ 1: {'met' if mem.get('goal_not_closer_than_seeds') else 'not met'}; median of "
-                  f"{mem['samples_per_case']} samples per cell); prediction agreement with it "
+                  "distance between two trained seeds of the held-out cell; medians over cells with bootstrap "
+                  "95% intervals):", "",
+                  f"- generated nets, distance to the nearest training checkpoint: "
+                  f"**{_ci(mem['nn_distance_ratio_median'], mem.get('nn_distance_ratio_ci'), 2)}**"
+                  f" (goal ≥ 1: {'met' if mem.get('goal_not_closer_than_seeds') else 'not met'}; "
+                  f"{mem['samples_per_case']} samples per cell"
+                  + (f", each the best of {mem['draws_per_sample']} draws" if mem.get("draws_per_sample", 1) > 1 else "")
+                  + f"); prediction agreement with it "
                   f"{_fmt(mem['agreement_with_nearest_median'])} (two trained seeds: {_fmt(mem['seed_agreement_median'])})",
                   f"- baselines: a training checkpoint + 10% noise {_fmt(mem['baseline_trained_plus_noise_median'])}, "
                   f"the average of a cell's members {_fmt(mem['baseline_cell_average_median'])}",
-                  f"- reference: the zoo's own trained members of the held-out cells (real training runs the "
-                  f"generator never saw) {_fmt(mem.get('reference_held_out_members_median'))}"]
+                  f"- references: the zoo's own trained members of the held-out cells (real training runs the "
+                  f"generator never saw, but with init seeds the training cells share) "
+                  f"{_fmt(mem.get('reference_held_out_members_median'))}"
+                  + (f"; nets trained there from new seeds {mem['fresh_seeds']} (independent training: what a "
+                     f"new net scores) {_ci(mem['reference_fresh_runs_median'], mem.get('reference_fresh_runs_ci'), 2)}"
+                     if mem.get("reference_fresh_runs_median") is not None else "")]
+        if mem.get("ratio_over_fresh_runs_median") is not None:
+            lines.append(f"- generated over independent training (each sample's ratio over its cell's fresh runs'): "
+                         f"**{_ci(mem['ratio_over_fresh_runs_median'], mem.get('ratio_over_fresh_runs_ci'), 2)}** "
+                         f"(≥ 1: as new as a fresh training run; "
+                         f"{'met' if mem.get('goal_as_new_as_fresh_runs') else 'not met'})")
     if doc["summary"].get("unsupported"):
         lines += ["", "Not produced by the generator: " + "; ".join(f"{k} ({v})" for k, v in
                                                                     doc["summary"]["unsupported"].items())]
@@ -259,7 +272,10 @@ def compare(docs: list[dict]) -> str:
                       f"{_fmt(mem['nn_distance_ratio_median'])} (goal ≥ 1); checkpoint + 10% noise "
                       f"{_fmt(mem['baseline_trained_plus_noise_median'])}, cell average "
                       f"{_fmt(mem['baseline_cell_average_median'])}, the held-out cells' own trained members "
-                      f"{_fmt(mem.get('reference_held_out_members_median'))}."]
+                      f"{_fmt(mem.get('reference_held_out_members_median'))}"
+                      + (f", nets trained there from new seeds {_fmt(mem['reference_fresh_runs_median'])} "
+                         f"(generated over that: {_fmt(mem.get('ratio_over_fresh_runs_median'))})"
+                         if mem.get("reference_fresh_runs_median") is not None else "") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -325,4 +341,12 @@ def summary_line(doc: dict) -> str:
             f"on held-out cells, {_ci(s['median_speedup_archs'], s.get('median_speedup_archs_ci'))}x on held-out "
             f"architectures{vs}; final {doc['results'][0]['metric']} vs random init "
             f"{_fmt(s['final_acc_delta_median'])} (seed noise {_fmt(s['seed_noise_final_std_median'])}); "
-            f"goals met {met} of {len(s['goals'])}")
+            f"goals met {met} of {len(s['goals'])}" + _memorization_note(doc.get("memorization")))
+
+
+def _memorization_note(mem: dict | None) -> str:
+    if not mem or mem.get("nn_distance_ratio_median") is None:
+        return ""
+    cal = mem.get("ratio_over_fresh_runs_median")
+    return (f"; memorization {_fmt(mem['nn_distance_ratio_median'], 2)} (goal >= 1)"
+            + (f", {_fmt(cal, 2)} of a fresh training run's" if cal is not None else ""))

@@ -21,11 +21,13 @@ from pipelines.benchmark.report import write_outputs
 
 def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | None = None,
               seeds: list[int] | None = None, progress: bool = True, name: str | None = None,
-              samples: int = 1, n_cells: int | None = None) -> dict:
+              samples: int = 1, n_cells: int | None = None, audit_only: bool = False) -> dict:
     """Run the init benchmark of a `hypernet train` run folder on its zoo; write results to `out`.
     samples: nets a sampling generator draws per case, keeping the one of lowest training loss
     (hypernet.api.predict_params); a GHN predicts one. n_cells: benchmark at most this many held-out
-    cells (protocol.subset_cells: spread over the architectures and the plane), for big zoos."""
+    cells (protocol.subset_cells: spread over the architectures and the plane), for big zoos.
+    audit_only: redo only the memorization audit of the results already in `out` (their cases,
+    seeds and samples; the trained curves are kept), e.g. after the audit itself changed."""
     from pipelines.fit import read_run
 
     hypernet_dir, zoo_root = Path(hypernet_dir), Path(zoo_dir)
@@ -44,7 +46,17 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
     train_cells = [c for c in cells if c.key in set(meta["train_cells"])]
     cases = cases_of(cells, split)
     n_held = sum(c.group == "cells" for c in cases)
+    prior = _prior_results(out, hypernet_dir) if audit_only else None
+    if prior is not None:
+        if not kind_of(ghn).samples:
+            raise ZooError(f"--audit-only: {hypernet_dir} is a {kind_of(ghn).name} generator, which predicts one net "
+                           "and has no memorization audit")
+        seeds, samples = prior["seeds"], prior.get("samples", 1)
+        n_cells = (prior.get("cells_subset") or {}).get("benchmarked")
     cases = subset_cells(cases, n_cells)
+    if prior is not None and [c.key for c in cases] != [r["case"] for r in prior["results"]]:
+        raise ZooError(f"{Path(out) / 'results.json'}: its cases are not this run's and zoo's held-out cases "
+                       "(another zoo, split or --cells); rerun the whole benchmark")
     n_bench = sum(c.group == "cells" for c in cases)
     if not cases:
         raise ZooError(f"{zoo_root}: no held-out cell or architecture to benchmark (see the split notes: "
@@ -54,17 +66,25 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
     name = name or hypernet_dir.name
     machine = machine_info(torch_threads=torch.get_num_threads())  # Population trains on this setting
     results, t0 = [], time.perf_counter()
-    bar = _bar(progress, len(cases))
+    audits = kind_of(ghn).samples
+    # one bar for both stages: each case's training, then (for a sampling generator) each held-out
+    # cell's memorization audit, which trains its fresh reference runs
+    bar = _Bar(progress, (len(cases) if prior is None else 0) + (sum(c.group == "cells" for c in cases) if audits else 0))
+    mem = None
     try:
-        for case in cases:
-            if bar:
-                bar[0].update(bar[1], info=case.key)
+        for case in cases if prior is None else []:
+            bar.next(case.key)
             results.append(run_case(case, ghn, spec, train_cells, zoo_root, seeds, samples=samples))
-            if bar:
-                bar[0].advance(bar[1])
+        if audits:
+            mem = memorization(ghn, cases, train_cells, zoo_root, spec, draws=samples,
+                               progress=lambda key: bar.next(f"audit {key}"))
     finally:
-        if bar:
-            bar[0].stop()
+        bar.stop()
+    if prior is not None:  # the trained cases as they were; the audit new
+        doc = {**prior, "memorization": mem, "audit_seconds": time.perf_counter() - t0, "audit_machine": machine}
+        if out is not None:
+            write_outputs(doc, Path(out))
+        return doc
     doc = {
         "hypernet": name,
         "kind": meta.get("kind"),
@@ -81,10 +101,23 @@ def benchmark(hypernet_dir: str | Path, zoo_dir: str | Path, out: str | Path | N
         "summary": summarize(results, "hypernet"),
         "results": results,
     }
-    if kind_of(ghn).samples:
-        doc["memorization"] = memorization(ghn, cases, train_cells, zoo_root, spec)
+    if mem is not None:
+        doc["memorization"] = mem
     if out is not None:
         write_outputs(doc, Path(out))
+    return doc
+
+
+def _prior_results(out, hypernet_dir: Path) -> dict:
+    """The results.json an --audit-only run starts from (it must be this run's)."""
+    from pipelines.benchmark.report import read_results
+
+    if out is None:
+        raise ZooError("--audit-only needs the results folder (--out) of an earlier `hypernet eval`")
+    doc = read_results(out)
+    if doc.get("hypernet") != hypernet_dir.name:
+        raise ZooError(f"{Path(out) / 'results.json'}: holds the results of {doc.get('hypernet')!r}, "
+                       f"not of {hypernet_dir.name!r}")
     return doc
 
 
@@ -100,13 +133,31 @@ def default_seeds(cells, n: int = DEFAULT_SEEDS) -> list[int]:
     return sorted(seeds)
 
 
-def _bar(enabled: bool, n: int):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _Bar:
+    """The eval's progress bar (rich): `next(info)` marks the previous item done and names the next."""
 
-    p = Progress(TextColumn("hypernet eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                 TextColumn("{task.fields[info]}"))
-    t = p.add_task("eval", total=n, info="")
-    p.start()
-    return p, t
+    def __init__(self, enabled: bool, n: int):
+        self.p = None
+        self.started = False
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.p = Progress(TextColumn("hypernet eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TextColumn("{task.fields[info]}"))
+        self.t = self.p.add_task("eval", total=n, info="")
+        self.p.start()
+
+    def next(self, info: str) -> None:
+        if self.p is None:
+            return
+        if self.started:
+            self.p.advance(self.t)
+        self.started = True
+        self.p.update(self.t, info=info)
+
+    def stop(self) -> None:
+        if self.p is not None:
+            if self.started:
+                self.p.advance(self.t)
+            self.p.stop()
