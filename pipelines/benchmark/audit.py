@@ -58,6 +58,25 @@ def _pairs(states: list[dict], names: list[str]) -> list[float]:
     return [float((a - b).norm()) for i, a in enumerate(flat) for b in flat[i + 1:]]
 
 
+class _Bank:
+    """An architecture's training checkpoints, canonicalized against one reference (the first member
+    of its first training cell), flattened, with the distances and test agreement of two trained
+    seeds of a cell (agreement over the first 3 seeds of each cell, to bound its cost)."""
+
+    def __init__(self, same: list[ZooCell], module, names: list[str], zoo_root: Path, x_test: torch.Tensor):
+        from hypernet.symmetry import canonicalize
+
+        self.ref = same[0].states(zoo_root)[0]
+        self.canon = {c.key: [canonicalize(s, self.ref, module) for s in c.states(zoo_root)] for c in same}
+        self.bank = [(k, st) for k, sts in self.canon.items() for st in sts]
+        self.T = torch.stack([_flat(st, names) for _, st in self.bank])  # (members, params)
+        self.train_pairs = [d for sts in self.canon.values() for d in _pairs(sts, names)]
+        self.x_test = x_test
+        agree = [_agreement(module, a, b, x_test) for sts in self.canon.values()
+                 for i, a in enumerate(sts[:3]) for b in sts[i + 1:3]]
+        self.seed_agreement = float(np.median(agree)) if agree else float("nan")
+
+
 def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: Path, spec: ConditionSpec,
                  samples: int = 4, draws: int = 1, fresh: int = FRESH_RUNS,
                  progress: Callable[[str], None] | None = None) -> dict:
@@ -65,8 +84,9 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
 
     For each held-out cell of a trained architecture: the generator draws `samples` nets at that
     cell's condition, each the one of lowest training loss among `draws` (what the benchmark trains
-    with `--samples`); each is canonicalized (hypernet.symmetry, against the seed-0 member of the
-    nearest training cell of the same architecture), and its L2 distance to the nearest training
+    with `--samples`); each is canonicalized (hypernet.symmetry, against one reference net an
+    architecture, the first member of its first training cell, so the canonical checkpoints are
+    computed once an architecture), and its L2 distance to the nearest training
     checkpoint of that architecture (also canonicalized) is divided by the **seed distance**: the
     median distance between two of the held-out cell's own trained members (independent training
     at that very condition), or, for a cell with one member, the median over the architecture's
@@ -94,6 +114,7 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
     audited = [c for c in cases if c.group == "cells"
                and any(t.zoo == c.zoo and t.arch == c.arch and t.rows for t in train_cells)]
     new_seeds = fresh_seeds(train_cells + [c.cell for c in audited], fresh)
+    banks: dict[tuple, _Bank] = {}
     for case in audited:
         if progress:
             progress(case.key)
@@ -101,19 +122,16 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         module = case.cell.build(case.arch)
         names = [n for n, _ in module.named_parameters()]
         near = nearest_cell(case, train_cells, spec)
-        ref = near.states(zoo_root)[0]
-        canon = {c.key: [canonicalize(s, ref, module) for s in c.states(zoo_root)] for c in same}
-        bank = [(k, st) for k, sts in canon.items() for st in sts]
-        T = torch.stack([_flat(st, names) for _, st in bank])  # (members, params)
-        train_pairs = [d for sts in canon.values() for d in _pairs(sts, names)]
-        if not train_pairs:
+        arch_key = (case.zoo, repr(sorted(case.arch.items())))
+        if arch_key not in banks:
+            banks[arch_key] = _Bank(same, module, names, zoo_root, case.cell.load_task().x_test[:1000])
+        b = banks[arch_key]
+        ref, canon, bank, T, x_test = b.ref, b.canon, b.bank, b.T, b.x_test
+        if not b.train_pairs:
             continue
         own = [canonicalize(st, ref, module) for st in case.cell.states(zoo_root)]
         own_pairs = _pairs(own, names)
-        seed_dist = float(np.median(own_pairs or train_pairs))
-        x_test = case.cell.load_task().x_test[:1000]
-        seed_agree = float(np.median([_agreement(module, a, b, x_test) for sts in canon.values()
-                                      for i, a in enumerate(sts) for b in sts[i + 1:]]))
+        seed_dist = float(np.median(own_pairs or b.train_pairs))
 
         def nearest(st):
             d = (T - _flat(st, names)).norm(dim=1)
@@ -136,8 +154,8 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         per_case.append({"case": case.key, "nn_distance_ratio": ratios, "agreement_with_nearest": agree,
                          "seed_distance": seed_dist,
                          "seed_distance_from": "held-out cell" if own_pairs else "training cells",
-                         "seed_distance_training_cells": float(np.median(train_pairs)),
-                         "seed_agreement": seed_agree,
+                         "seed_distance_training_cells": float(np.median(b.train_pairs)),
+                         "seed_agreement": b.seed_agreement,
                          "baseline_trained_plus_noise": nearest({n: noisy[n] for n in names})[0],
                          "baseline_cell_average": nearest(avg)[0],
                          "reference_held_out_members": [nearest(st)[0] for st in own],
