@@ -382,6 +382,17 @@ def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     assert md.startswith("# Init benchmark: igpg (igpg)") and "2 samples per case, the lowest training loss kept" in md
     assert hypernet_main(["eval", "--hypernet", str(out), "--zoo", str(deep_zoo), "--samples", "0",
                           "--out", str(tmp_path / "r0"), "--quiet"]) == 2
+    # the speed / novelty frontier: a fresh init added to a draw moves it away from every checkpoint
+    import subprocess
+    import sys
+
+    got = subprocess.run([sys.executable, "bench/sampling_frontier.py", "--hypernet", str(out), "--zoo", str(deep_zoo),
+                          "--cells", "1", "--seeds", "0", "--fresh", "1", "--variants", "0.1:0", "0.1:1"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert got.returncode == 0, got.stderr
+    front = json.loads(got.stdout.strip().splitlines()[-1])["variants"]
+    assert front["T0.1+1"]["ratio"]["median"] > front["T0.1+0"]["ratio"]["median"] > 0
+    assert front["T0.1+0"]["ratio_over_fresh"]["median"] > 0 and "speedup" in front["T0.1+0"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: igpg\ntraining: {steps: 4, quantizer_steps: 9}\n")
     assert hypernet_main(["train", "--zoo", str(deep_zoo), "--config", str(bad), "--out", str(tmp_path / "x")]) == 2

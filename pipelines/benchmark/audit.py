@@ -75,6 +75,23 @@ class _Bank:
         agree = [_agreement(module, a, b, x_test) for sts in self.canon.values()
                  for i, a in enumerate(sts[:3]) for b in sts[i + 1:3]]
         self.seed_agreement = float(np.median(agree)) if agree else float("nan")
+        self.module, self.names = module, names
+
+    def canonical(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from hypernet.symmetry import canonicalize
+
+        return canonicalize(state, self.ref, self.module)
+
+    def nearest(self, canonical: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+        """(L2 distance to the nearest training checkpoint, that checkpoint) of a canonicalized net."""
+        d = (self.T - _flat(canonical, self.names)).norm(dim=1)
+        i = int(d.argmin())
+        return float(d[i]), self.bank[i][1]
+
+    def seed_distance(self, own: list[dict[str, torch.Tensor]]) -> float:
+        """The median distance between two of a held-out cell's own canonical members, or with
+        fewer than two, between two seeds of a training cell."""
+        return float(np.median(_pairs(own, self.names) or self.train_pairs))
 
 
 def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: Path, spec: ConditionSpec,
@@ -108,7 +125,6 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
     agreement of test predictions with the nearest checkpoint and that of two trained seeds.
     Summary: medians over cells of the per-cell median, with two-stage bootstrap 95% intervals
     (cells, then samples; pipelines.benchmark.stats)."""
-    from hypernet.symmetry import canonicalize
 
     per_case = []
     audited = [c for c in cases if c.group == "cells"
@@ -126,34 +142,31 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         if arch_key not in banks:
             banks[arch_key] = _Bank(same, module, names, zoo_root, case.cell.load_task().x_test[:1000])
         b = banks[arch_key]
-        ref, canon, bank, T, x_test = b.ref, b.canon, b.bank, b.T, b.x_test
         if not b.train_pairs:
             continue
-        own = [canonicalize(st, ref, module) for st in case.cell.states(zoo_root)]
-        own_pairs = _pairs(own, names)
-        seed_dist = float(np.median(own_pairs or b.train_pairs))
+        own = [b.canonical(st) for st in case.cell.states(zoo_root)]
+        seed_dist = b.seed_distance(own)
 
         def nearest(st):
-            d = (T - _flat(st, names)).norm(dim=1)
-            i = int(d.argmin())
-            return float(d[i]) / seed_dist, bank[i][1]
+            d, nb = b.nearest(st)
+            return d / seed_dist, nb
 
         cond = spec.vector(case.zoo, case.temperature, case.load)
         ratios, agree = [], []
         for k in range(samples):
             drawn = predict_params(gen, module, cond, zoo=case.zoo, n=draws, seed=1000 + k)
-            st = canonicalize(drawn, ref, module)
+            st = b.canonical(drawn)
             r, nb = nearest(st)
             ratios.append(r)
-            agree.append(_agreement(module, st, nb, x_test))
+            agree.append(_agreement(module, st, nb, b.x_test))
         g = torch.Generator().manual_seed(0)
-        member = bank[0][1]
+        member = b.bank[0][1]
         noisy = {n: v + 0.1 * v.pow(2).mean().sqrt() * torch.randn(v.shape, generator=g) for n, v in member.items()}
-        avg = {n: torch.stack([st[n] for st in canon[near.key]]).mean(0) for n in names}
-        news = [canonicalize(st, ref, module) for st in fresh_runs(case, new_seeds)] if fresh else []
+        avg = {n: torch.stack([st[n] for st in b.canon[near.key]]).mean(0) for n in names}
+        news = [b.canonical(st) for st in fresh_runs(case, new_seeds)] if fresh else []
         per_case.append({"case": case.key, "nn_distance_ratio": ratios, "agreement_with_nearest": agree,
                          "seed_distance": seed_dist,
-                         "seed_distance_from": "held-out cell" if own_pairs else "training cells",
+                         "seed_distance_from": "held-out cell" if len(own) > 1 else "training cells",
                          "seed_distance_training_cells": float(np.median(b.train_pairs)),
                          "seed_agreement": b.seed_agreement,
                          "baseline_trained_plus_noise": nearest({n: noisy[n] for n in names})[0],

@@ -226,9 +226,10 @@ def case_members(cell: ZooCell, named_seeds: list[tuple[str, int]]) -> list[Memb
 
 def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], zoo_root: Path,
              seeds: list[int], generator_name: str = "hypernet", samples: int = 1,
-             baseline_names: tuple[str, ...] = BASELINES) -> dict:
+             baseline_names: tuple[str, ...] = BASELINES, extra_inits: dict[str, dict] | None = None) -> dict:
     """Train every generator's init on one case; curves and the measures above, per seed. `ghn`
-    None benchmarks the baselines alone."""
+    None benchmarks the baselines alone. extra_inits: more named inits (state_dicts, one for every
+    seed, as the generator's prediction), trained and measured beside them."""
     cell = case.cell
     task = cell.load_task()
     common = dict(cell.training)
@@ -255,6 +256,9 @@ def run_case(case: Case, ghn, spec: ConditionSpec, train_cells: list[ZooCell], z
             for s in seeds:
                 states.append(pred.state_dict())
                 labels.append((generator_name, s))
+    for name, st in (extra_inits or {}).items():
+        states += [st for _ in seeds]
+        labels += [(name, s) for s in seeds]
     # (c) the baselines
     sources: dict[str, str | None] = {}
     for b in baseline_names:
