@@ -2,8 +2,8 @@
 
 For a trained run and its zoo, each held-out cell (a `--cells` subset, as `hypernet eval` picks
 it) trains side by side, with the cell's hyperparameters and the zoo's epochs (the benchmark's
-`run_case`): the zoo's random init (its seeds) and one init per variant `T:sigma`, a net drawn at
-sampling temperature T plus sigma times a fresh init of the zoo's scheme (a seed no member has; the
+`run_case`): the zoo's random init (its seeds) and one init per variant `T:sigma[:n]`, a net drawn
+at sampling temperature T (the lowest training loss of n draws) plus sigma times a fresh init of the zoo's scheme (a seed no member has; the
 shrink-and-perturb idea without the shrink: the added init brings the diversity of a new training
 run, the draw what the generator learned). Per variant: the speedup to random init's final test
 accuracy and the final accuracy difference (medians over cells of per-cell medians over seeds,
@@ -44,14 +44,18 @@ from zoo.errors import ZooError  # noqa: E402
 from zoo.machine import machine_info  # noqa: E402
 
 
-def variant(text: str) -> tuple[float, float]:
+def variant(text: str) -> tuple[float, float, int]:
+    """TEMPERATURE:SIGMA[:DRAWS] -> (temperature, sigma, draws)."""
+    parts = text.split(":")
     try:
-        t, s = (float(v) for v in text.split(":"))
+        if len(parts) not in (2, 3):
+            raise ValueError
+        t, s, n = float(parts[0]), float(parts[1]), int(parts[2]) if len(parts) == 3 else 1
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected TEMPERATURE:SIGMA, e.g. 0.1:0.5") from None
-    if t <= 0 or s < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the temperature must be > 0 and sigma >= 0")
-    return t, s
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TEMPERATURE:SIGMA[:DRAWS], e.g. 0.1:0.5 or 1:0:16") from None
+    if t <= 0 or s < 0 or n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the temperature must be > 0, sigma >= 0 and draws >= 1")
+    return t, s, n
 
 
 def main(argv=None) -> int:
@@ -60,7 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--zoo", required=True, help="the zoo it was trained on")
     p.add_argument("--cells", type=int, default=16, help="held-out cells (spread as `hypernet eval --cells`)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", type=variant, nargs="+", default=[(0.1, 0.0), (0.5, 0.0), (1.0, 0.0), (0.1, 1.0)])
+    p.add_argument("--variants", type=variant, nargs="+", default=[(0.1, 0.0, 1), (0.5, 0.0, 1), (1.0, 0.0, 1), (0.1, 1.0, 1)],
+                   help="TEMPERATURE:SIGMA[:DRAWS]: draws > 1 keeps the draw of lowest training loss, as "
+                        "`hypernet eval --samples` does")
     p.add_argument("--fresh", type=int, default=2, help="nets trained from new seeds per cell (the calibration)")
     a = p.parse_args(argv)
     try:
@@ -81,7 +87,7 @@ def run(a) -> int:
     cases = [c for c in subset_cells(cases_of(cells, make_split(cells)), a.cells) if c.group == "cells"]
     new_seeds = fresh_seeds(cells, max(a.fresh, 1) + 1)
     perturb_seed, new_seeds = new_seeds[-1], new_seeds[:a.fresh]
-    names = [f"T{t:g}+{s:g}" for t, s in a.variants]
+    names = [f"T{t:g}+{s:g}" + (f" best of {n}" if n > 1 else "") for t, s, n in a.variants]
     per = {n: {"speedup": [], "final_delta": [], "ratio": [], "ratio_over_fresh": []} for n in names}
     banks: dict[tuple, _Bank] = {}
     t0 = time.perf_counter()
@@ -90,9 +96,9 @@ def run(a) -> int:
         cond = spec.vector(case.zoo, case.temperature, case.load)
         fresh_init = nets.init_(case.cell.build(case.arch), perturb_seed, case.cell.init).state_dict()
         inits = {}
-        for n, (t, s) in zip(names, a.variants):
+        for n, (t, s, draws) in zip(names, a.variants):
             gen.config.temperature = t
-            drawn = predict_params(gen, module, cond, zoo=case.zoo, n=1, seed=0)
+            drawn = predict_params(gen, module, cond, zoo=case.zoo, n=draws, seed=0)
             inits[n] = {k: drawn[k] + s * v if k in drawn else v for k, v in fresh_init.items()}
         rec = run_case(case, None, spec, train_cells, zoo, a.seeds, baseline_names=(), extra_inits=inits)
         key = (case.zoo, repr(sorted(case.arch.items())))
