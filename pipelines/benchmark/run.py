@@ -137,16 +137,13 @@ class _Bar:
     """The eval's progress bar (rich): `next(info)` marks the previous item done and names the next."""
 
     def __init__(self, enabled: bool, n: int):
-        self.p = None
-        self.started = False
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from pipelines.hypernet_train import progress_bar  # the training loop's bar, the same columns
 
-        self.p = Progress(TextColumn("hypernet eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TextColumn("{task.fields[info]}"))
-        self.t = self.p.add_task("eval", total=n, info="")
-        self.p.start()
+        self.p = progress_bar(enabled)
+        self.started = False
+        if self.p is not None:
+            self.t = self.p.add_task("hypernet eval", total=n, info="")
+            self.p.start()
 
     def next(self, info: str) -> None:
         if self.p is None:
