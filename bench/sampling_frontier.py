@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from hypernet.api import load_hypernet, predict_params  # noqa: E402
 from hypernet.generators import kind_of  # noqa: E402
-from pipelines.benchmark.audit import _Bank, fresh_runs, fresh_seeds  # noqa: E402
+from pipelines.benchmark.audit import _Bank, bank_for, fresh_runs, fresh_seeds  # noqa: E402
 from pipelines.benchmark.protocol import cases_of, run_case, subset_cells  # noqa: E402
 from pipelines.benchmark.stats import bootstrap_ci, median_of_medians  # noqa: E402
 from pipelines.fit import read_run  # noqa: E402
@@ -101,12 +101,7 @@ def run(a) -> int:
             drawn = predict_params(gen, module, cond, zoo=case.zoo, n=draws, seed=0)
             inits[n] = {k: drawn[k] + s * v if k in drawn else v for k, v in fresh_init.items()}
         rec = run_case(case, None, spec, train_cells, zoo, a.seeds, baseline_names=(), extra_inits=inits)
-        key = (case.zoo, repr(sorted(case.arch.items())))
-        same = [c for c in train_cells if c.zoo == case.zoo and c.arch == case.arch and c.rows]
-        if key not in banks:
-            names_p = [k for k, _ in module.named_parameters()]
-            banks[key] = _Bank(same, module, names_p, zoo, case.cell.load_task().x_test[:1000])
-        b = banks[key]
+        b = bank_for(banks, case, train_cells, zoo)
         sd = b.seed_distance([b.canonical(st) for st in case.cell.states(zoo)])
         fresh = float(np.median([b.nearest(b.canonical(st))[0] / sd for st in fresh_runs(case, new_seeds)])) \
             if new_seeds else float("nan")

@@ -63,8 +63,10 @@ class _Bank:
     of its first training cell), flattened, with the distances and test agreement of two trained
     seeds of a cell (agreement over the first 3 seeds of each cell, to bound its cost)."""
 
-    def __init__(self, same: list[ZooCell], module, names: list[str], zoo_root: Path, x_test: torch.Tensor):
+    def __init__(self, same: list[ZooCell], module, zoo_root: Path, x_test: torch.Tensor):
         from hypernet.symmetry import canonicalize
+
+        names = [n for n, _ in module.named_parameters()]
 
         self.ref = same[0].states(zoo_root)[0]
         self.canon = {c.key: [canonicalize(s, self.ref, module) for s in c.states(zoo_root)] for c in same}
@@ -92,6 +94,15 @@ class _Bank:
         """The median distance between two of a held-out cell's own canonical members, or with
         fewer than two, between two seeds of a training cell."""
         return float(np.median(_pairs(own, self.names) or self.train_pairs))
+
+
+def bank_for(banks: dict[tuple, _Bank], case: Case, train_cells: list[ZooCell], zoo_root: Path) -> _Bank:
+    """The _Bank of the case's architecture, built on first use and kept in `banks`."""
+    key = (case.zoo, repr(sorted(case.arch.items())))
+    if key not in banks:
+        same = [c for c in train_cells if c.zoo == case.zoo and c.arch == case.arch and c.rows]
+        banks[key] = _Bank(same, case.cell.build(case.arch), zoo_root, case.cell.load_task().x_test[:1000])
+    return banks[key]
 
 
 def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: Path, spec: ConditionSpec,
@@ -134,14 +145,9 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
     for case in audited:
         if progress:
             progress(case.key)
-        same = [c for c in train_cells if c.zoo == case.zoo and c.arch == case.arch and c.rows]
-        module = case.cell.build(case.arch)
-        names = [n for n, _ in module.named_parameters()]
+        b = bank_for(banks, case, train_cells, zoo_root)
+        module, names = b.module, b.names
         near = nearest_cell(case, train_cells, spec)
-        arch_key = (case.zoo, repr(sorted(case.arch.items())))
-        if arch_key not in banks:
-            banks[arch_key] = _Bank(same, module, names, zoo_root, case.cell.load_task().x_test[:1000])
-        b = banks[arch_key]
         if not b.train_pairs:
             continue
         own = [b.canonical(st) for st in case.cell.states(zoo_root)]
