@@ -171,6 +171,36 @@ def test_a_rerun_resumes_and_writes_the_same_bytes(built):
     assert res["settings"]["sparsities"] == [0.5] and set(res["cells"][0]["pruned"]) == {"50"}
 
 
+def test_a_rewritten_checkpoint_shard_recomputes_the_cells_that_read_it(built, tmp_path):
+    """The cell files are keyed by their inputs too: a shard rewritten under a finished study (a
+    rebuilt zoo) recomputes the cells that read it, from the new weights, and keeps the others."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pipelines.zoodata import load_cells
+
+    root = tmp_path / "zoo"
+    shutil.copytree(built, root)
+    run.run("prune", root, use_ray=False, progress=False)
+    d = run.study_dir(root, "tiny_study", "prune") / "cells"
+    before = {f.name: (f.stat().st_mtime_ns, json.loads(f.read_text())) for f in d.glob("*.json")}
+    cells = load_cells(root, ["tiny_study"])
+    shard = cells[0].rows[0]["shard"]
+    readers = {f"{c.cell}.json" for c in cells if any(r["shard"] == shard for r in c.rows)}
+    assert readers and readers != set(before), "the test needs cells on other shards"
+    tensors = load_file(root / shard)
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in tensors.items()}, root / shard)
+    store.refresh_manifest(root, store.open_manifest(root))
+    run.run("prune", root, use_ray=False, progress=False)
+    after = {f.name: (f.stat().st_mtime_ns, json.loads(f.read_text())) for f in d.glob("*.json")}
+    assert {n for n in before if after[n][0] != before[n][0]} == readers
+    for n in readers:
+        assert after[n][1]["inputs_sha256"] != before[n][1]["inputs_sha256"]
+        assert after[n][1]["pruned"] != before[n][1]["pruned"]  # computed from the halved weights
+    assert store.verify(root) == []
+
+
 @pytest.mark.slow
 def test_study_cli_on_ray_and_its_errors(built, tmp_path):
     r = zoo_cmd("study", "averaging", str(built), "--zoo", "tiny_study", "--workers", "2", "--recompute")

@@ -7,9 +7,11 @@ dataset beside the zoo, and drawn over the phase plane.
     studies/<zoo>/<study>/<key>.png           the key result over the phase plane
     studies/<zoo>/<study>/<key>-by-phase.png  the same per phase (box plot, seeds as dots)
 
-A rerun computes only the cells without a file of the current settings (all of them with
---recompute), so a killed study resumes; every stored number comes from seeded computation, so
-the rerun writes the same bytes. The files are tracked by manifest.json and linked from the card.
+A rerun computes only the cells without a file of the current settings and inputs (all of them
+with --recompute), so a killed study resumes; every stored number comes from seeded computation,
+so the rerun writes the same bytes. A cell's inputs are its place and phase, its members and the
+sha256 of the checkpoint shards it reads (the zoo's data and weights files for a per-zoo study):
+a zoo rebuilt or relabelled under the study recomputes the cells it changed, not the others. The files are tracked by manifest.json and linked from the card.
 """
 from __future__ import annotations
 
@@ -88,6 +90,26 @@ def settings_digest(study: str, settings: dict) -> str:
     return store.spec_digest({"study": study, "settings": settings, "format": FORMAT})
 
 
+def inputs_digest(root: Path, manifest: dict, where: dict, rows: list[dict] | None, zoo: str) -> str:
+    """The sha256 of what one unit of a study reads: for a cell (`rows`, its members' final
+    checkpoint rows) its place and phase, the members and the sha256 of each shard they are read
+    from; for a per-zoo unit (rows None) every data and weights file of the zoo. Hashes come from
+    the manifest (a file it does not list is hashed here)."""
+    files = manifest.get("files", {})
+
+    def sha(rel: str) -> str:
+        entry = files.get(rel)
+        return entry["sha256"] if entry else store.sha256_file(root / rel)
+
+    if rows is None:
+        inputs = {rel: e["sha256"] for rel, e in sorted(files.items())
+                  if rel.startswith((f"data/{zoo}/", f"weights/{zoo}/"))}
+    else:
+        inputs = {"members": [[r["model_id"], r["tensor_prefix"], r["shard"]] for r in rows],
+                  "shards": {rel: sha(rel) for rel in sorted({r["shard"] for r in rows})}}
+    return store.spec_digest({"where": where, "inputs": inputs})
+
+
 def study_cell(study: str, settings: dict, payload: dict, states: list[dict], threads: int) -> dict:
     """One cell of a study, or a whole zoo for a per-zoo study (a Ray task): the study's result,
     plus the seconds it took."""
@@ -138,10 +160,14 @@ def run(study_name: str, root: str | Path, zoos: list[str] | None = None, *, set
         units = [(c, d / "cells" / f"{c.cell}.json") for c in cells] if study.per_cell else [(None, d / "zoo.json")]
         for cell, path in units:
             total += 1
-            if not recompute and path.exists() and json.loads(path.read_text()).get("settings_sha256") == digest:
-                done += 1
-                continue
-            jobs.append(_job(study, settings, digest, root, spec, cell, where.get(getattr(cell, "cell", None), {}), path))
+            place = where.get(getattr(cell, "cell", None), {})
+            inputs = inputs_digest(root, manifest, place, cell.rows if cell is not None else None, name)
+            if not recompute and path.exists():
+                kept = json.loads(path.read_text())
+                if kept.get("settings_sha256") == digest and kept.get("inputs_sha256") == inputs:
+                    done += 1
+                    continue
+            jobs.append(_job(study, settings, digest, inputs, root, spec, cell, place, path))
     unit = "cells" if study.per_cell else "zoos"
     if console:
         console.print(f"[bold]zoo study {study.name}[/]: {', '.join(chosen)}: {total} {unit}, {done} already done, "
@@ -187,14 +213,16 @@ def _where(cell, phase_row: dict) -> dict:
             "model_ids": [r["model_id"] for r in cell.rows], "seeds": [int(r["seed"]) for r in cell.rows]}
 
 
-def _job(study: Study, settings: dict, digest: str, root: Path, spec: ZooSpec, cell, where: dict, path: Path) -> Job:
-    """One cell (or, for a per-zoo study, the whole zoo: cell None) as a job that commits its file."""
+def _job(study: Study, settings: dict, digest: str, inputs: str, root: Path, spec: ZooSpec, cell, where: dict,
+         path: Path) -> Job:
+    """One cell (or, for a per-zoo study, the whole zoo: cell None) as a job that commits its file,
+    stamped with the settings' and the inputs' digests."""
     from pipelines.studies.common import cell_payload
 
     def commit(res: dict, path=path, where=where) -> None:
         res = {k: v for k, v in res.items() if k != "seconds"}
         path.parent.mkdir(parents=True, exist_ok=True)
-        store.write_text_atomic(path, _dumps({**where, **res, "settings_sha256": digest}))
+        store.write_text_atomic(path, _dumps({**where, **res, "settings_sha256": digest, "inputs_sha256": inputs}))
 
     threads = spec.compute.threads_per_worker
     if cell is None:
@@ -252,7 +280,7 @@ def _finish(study: Study, settings: dict, digest: str, root: Path, zoo: str, whe
                "format": FORMAT, "versions": {k: v for k, v in store.versions().items() if k in ("torch", "numpy")},
                "machine": store.build_machine(manifest), "by_phase": stats, "cells": rows}
     if whole is not None:
-        results["zoo_result"] = {k: v for k, v in whole.items() if k != "settings_sha256"}
+        results["zoo_result"] = {k: v for k, v in whole.items() if k not in ("settings_sha256", "inputs_sha256")}
     store.write_text_atomic(d / "results.json", _dumps(results))
     figures = []
     table = [r for r in rows if not r.get("skipped")]
