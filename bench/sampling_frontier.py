@@ -103,7 +103,7 @@ def run(a) -> int:
         rec = run_case(case, None, spec, train_cells, zoo, a.seeds, baseline_names=(), extra_inits=inits)
         b = bank_for(banks, case, train_cells, zoo)
         sd = b.seed_distance([b.canonical(st) for st in case.cell.states(zoo)])
-        fresh = float(np.median([b.nearest(b.canonical(st))[0] / sd for st in fresh_runs(case, new_seeds)])) \
+        fresh = float(np.median([b.nearest(b.canonical(st))[0] / sd for _, st in fresh_runs(case, new_seeds)])) \
             if new_seeds else float("nan")
         for n in names:
             g = rec["generators"][n]

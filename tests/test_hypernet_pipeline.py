@@ -447,6 +447,11 @@ def test_diffusion_trains_predicts_and_benchmarks(zoo_dir, tmp_path):
     zoo_seeds = {m.seed for c in load_cells(zoo_dir) for m in c.members}
     assert len(mem["fresh_seeds"]) == 2 and not zoo_seeds & set(mem["fresh_seeds"])
     assert len(case0["reference_fresh_runs"]) == 2
+    # how far those runs moved from their inits: real training (> 0), in seed distances
+    assert len(case0["fresh_run_travel"]) == 2 and all(0 < t < 10 for t in case0["fresh_run_travel"])
+    assert mem["fresh_run_travel_median"] == pytest.approx(statistics.median(
+        [statistics.median(c["fresh_run_travel"]) for c in mem["per_case"]]))
+    assert "moved the fresh runs from their own inits" in (tmp_path / "res" / "results.md").read_text()
     assert mem["reference_fresh_runs_median"] > 3 * mem["baseline_trained_plus_noise_median"]
     lo, hi = mem["nn_distance_ratio_ci"]
     assert lo <= mem["nn_distance_ratio_median"] <= hi

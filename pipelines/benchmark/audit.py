@@ -41,16 +41,24 @@ def fresh_seeds(cells: list[ZooCell], n: int) -> list[int]:
     return [top + 1 + k for k in range(n)]
 
 
-def fresh_runs(case: Case, seeds: list[int]) -> list[dict[str, torch.Tensor]]:
-    """Nets trained at the case's cell with its hyperparameters and epoch budget from `seeds` (the
-    zoo's init scheme, like random init in the benchmark): independent training runs that share
-    no init with any zoo member, the audit's calibration of what "a new net" scores."""
+def fresh_runs(case: Case, seeds: list[int]) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """(init, trained net) of nets trained at the case's cell with its hyperparameters and epoch
+    budget from `seeds` (the zoo's init scheme, like random init in the benchmark): independent
+    training runs that share no init with any zoo member, the audit's calibration of what "a new
+    net" scores."""
     cell = case.cell
     pop = Population(cell.load_task(), case.arch, cell.init, dict(cell.training),
                      case_members(cell, [(f"fresh/{s}", s) for s in seeds]))
+    inits = [pop.member_state(i) for i in range(len(seeds))]
     for epoch in range(1, int(cell.training["epochs"]) + 1):
         pop.train_epoch(epoch)
-    return [pop.member_state(i) for i in range(len(seeds))]
+    return [(init, pop.member_state(i)) for i, init in enumerate(inits)]
+
+
+def travel(init: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], names: list[str]) -> float:
+    """How far training moved a net from its own init (L2 over the parameters `names`; one net, one
+    frame, so no matching)."""
+    return float((_flat(trained, names) - _flat(init, names)).norm())
 
 
 def _pairs(states: list[dict], names: list[str]) -> list[float]:
@@ -128,7 +136,10 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
     the held-out cell's own trained members (real training runs the generator never saw; but zoo
     members of different cells share init seeds, so they sit near a neighbouring cell's member of
     the same seed) and `fresh` nets trained at the cell from seeds no zoo member has (fresh_runs),
-    which is what a new, independent training run scores: the goal's calibration. Independent
+    which is what a new, independent training run scores: the goal's calibration. For those runs
+    also how far training moved each from its own init, over the seed distance
+    (`fresh_run_travel`): below 1, a trained net is nearer its own init than to another seed's
+    net, so what makes a fresh run new is mostly its init. Independent
     training itself scores below 1 (the nearest of hundreds of checkpoints is nearer than a typical
     pair of seeds: 0.84 on the 10,000-model zoo), so beside the literal goal (ratio >= 1) the audit
     reports each sample's ratio over its cell's fresh-run median (`ratio_over_fresh_runs`; >= 1: as
@@ -169,7 +180,8 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         member = b.bank[0][1]
         noisy = {n: v + 0.1 * v.pow(2).mean().sqrt() * torch.randn(v.shape, generator=g) for n, v in member.items()}
         avg = {n: torch.stack([st[n] for st in b.canon[near.key]]).mean(0) for n in names}
-        news = [b.canonical(st) for st in fresh_runs(case, new_seeds)] if fresh else []
+        runs = fresh_runs(case, new_seeds) if fresh else []
+        news = [b.canonical(st) for _, st in runs]
         per_case.append({"case": case.key, "nn_distance_ratio": ratios, "agreement_with_nearest": agree,
                          "seed_distance": seed_dist,
                          "seed_distance_from": "held-out cell" if len(own) > 1 else "training cells",
@@ -178,7 +190,8 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
                          "baseline_trained_plus_noise": nearest({n: noisy[n] for n in names})[0],
                          "baseline_cell_average": nearest(avg)[0],
                          "reference_held_out_members": [nearest(st)[0] for st in own],
-                         "reference_fresh_runs": [nearest(st)[0] for st in news]})
+                         "reference_fresh_runs": [nearest(st)[0] for st in news],
+                         "fresh_run_travel": [travel(i, t, names) / seed_dist for i, t in runs]})
     if not per_case:
         return {"note": "no held-out cell with a trained architecture to audit"}
 
@@ -193,6 +206,7 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         f = float(np.median(c["reference_fresh_runs"])) if c["reference_fresh_runs"] else None
         c["ratio_over_fresh_runs"] = [r / f for r in c["nn_distance_ratio"]] if f else []
     cal, cal_ci = stat("ratio_over_fresh_runs")
+    moved, moved_ci = stat("fresh_run_travel")
     return {
         "nn_distance_ratio_median": ratio,
         "nn_distance_ratio_ci": ratio_ci,
@@ -210,6 +224,9 @@ def memorization(gen, cases: list[Case], train_cells: list[ZooCell], zoo_root: P
         "ratio_over_fresh_runs_median": cal,
         "ratio_over_fresh_runs_ci": cal_ci,
         "goal_as_new_as_fresh_runs": cal is not None and cal >= 1.0,
+        # how far training moves a fresh run from its own init, in seed distances
+        "fresh_run_travel_median": moved,
+        "fresh_run_travel_ci": moved_ci,
         "fresh_seeds": new_seeds,
         "samples_per_case": samples,
         "draws_per_sample": draws,

@@ -180,6 +180,11 @@ def markdown(doc: dict) -> str:
                          f"**{_ci(mem['ratio_over_fresh_runs_median'], mem.get('ratio_over_fresh_runs_ci'), 2)}** "
                          f"(≥ 1: as new as a fresh training run; "
                          f"{'met' if mem.get('goal_as_new_as_fresh_runs') else 'not met'})")
+        if mem.get("fresh_run_travel_median") is not None:
+            lines.append(f"- how far training moved the fresh runs from their own inits, in seed distances: "
+                         f"{_ci(mem['fresh_run_travel_median'], mem.get('fresh_run_travel_ci'), 2)} (below 1: a "
+                         f"trained net is nearer its own init than to another seed's net; what makes it new is "
+                         f"mostly its init)")
     if doc["summary"].get("unsupported"):
         lines += ["", "Not produced by the generator: " + "; ".join(f"{k} ({v})" for k, v in
                                                                     doc["summary"]["unsupported"].items())]
