@@ -202,6 +202,47 @@ def test_a_rewritten_checkpoint_shard_recomputes_the_cells_that_read_it(built, t
 
 
 @pytest.mark.slow
+def test_a_study_killed_mid_run_on_ray_resumes_to_the_same_bytes(built, tmp_path):
+    """kill -9 of `zoo study` (its driver and local Ray cluster) after some cells are committed,
+    then a rerun: it computes only the missing cells and the study's files are byte for byte those
+    of an uninterrupted run."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    ref, root = tmp_path / "ref", tmp_path / "killed"
+    shutil.copytree(built, ref)
+    shutil.copytree(built, root)
+    run.run("prune", ref, recompute=True, use_ray=False, progress=False)
+    cells = run.study_dir(root, "tiny_study", "prune") / "cells"
+    if cells.exists():
+        shutil.rmtree(cells)  # an earlier test's study on the shared zoo: start from none
+    n_cells = lambda: len(list(cells.glob("*.json"))) if cells.exists() else 0
+    cmd = [sys.executable, "-m", "pipelines.zoo_cli", "study", "prune", str(root), "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    end = time.time() + 300
+    while n_cells() < 1 and time.time() < end and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = n_cells()
+    assert 1 <= done < 4, "the study finished (or never started) before it could be interrupted"
+    # the killed run's Ray workers are not in its process group; none may outlive it into the rerun
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    for pid in [int(line.split()[0]) for line in ps if "ray::study_cell" in line]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    r = zoo_cmd("study", "prune", str(root), "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert f"{done} already done, {4 - done} to compute" in " ".join(r.stderr.split())
+    assert _study_files(root) == _study_files(ref)
+    assert store.verify(root) == []
+
+
+@pytest.mark.slow
 def test_study_cli_on_ray_and_its_errors(built, tmp_path):
     r = zoo_cmd("study", "averaging", str(built), "--zoo", "tiny_study", "--workers", "2", "--recompute")
     assert r.returncode == 0, r.stderr
