@@ -5,7 +5,10 @@ it) trains side by side, with the cell's hyperparameters and the zoo's epochs (t
 `run_case`): the zoo's random init (its seeds) and one init per variant `T:sigma[:n]`, a net drawn
 at sampling temperature T (the lowest training loss of n draws) plus sigma times a fresh init of the zoo's scheme (a seed no member has; the
 shrink-and-perturb idea without the shrink: the added init brings the diversity of a new training
-run, the draw what the generator learned). Per variant: the speedup to random init's final test
+run, the draw what the generator learned). `T:sigmar` swaps inits instead: the draw, canonicalized,
+minus sigma times the init its nearest training checkpoint was trained from (checkpoint 0, in the
+same frame) plus sigma times the fresh init; at sigma 1 the draw's change from that init, moved
+onto a new one. Per variant: the speedup to random init's final test
 accuracy and the final accuracy difference (medians over cells of per-cell medians over seeds,
 two-stage bootstrap 95% intervals), and its novelty as the memorization audit measures it
 (pipelines.benchmark.audit): the distance to the nearest canonical training checkpoint over the
@@ -14,7 +17,7 @@ seeds (1 = as new as independent training). All variants train in one population
 ratios are measured side by side and hold on a busy machine.
 
     python bench/sampling_frontier.py --hypernet runs/igpg-10k --zoo build/big --cells 16 \\
-        --variants 0.1:0 0.5:0 1:0 0.1:0.5 0.1:1
+        --variants 0.1:0 0.5:0 1:0 0.1:0.5 0.1:1 0.1:1r
 
 The last stdout line is JSON: per variant its medians and intervals, the machine and torch threads.
 """
@@ -44,18 +47,25 @@ from zoo.errors import ZooError  # noqa: E402
 from zoo.machine import machine_info  # noqa: E402
 
 
-def variant(text: str) -> tuple[float, float, int]:
-    """TEMPERATURE:SIGMA[:DRAWS] -> (temperature, sigma, draws)."""
+def variant(text: str) -> tuple[float, float, int, bool]:
+    """TEMPERATURE:SIGMA[:DRAWS], SIGMA with an optional r -> (temperature, sigma, draws, replace)."""
     parts = text.split(":")
     try:
         if len(parts) not in (2, 3):
             raise ValueError
-        t, s, n = float(parts[0]), float(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+        replace = parts[1].endswith("r")
+        t, s = float(parts[0]), float(parts[1].removesuffix("r"))
+        n = int(parts[2]) if len(parts) == 3 else 1
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected TEMPERATURE:SIGMA[:DRAWS], e.g. 0.1:0.5 or 1:0:16") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TEMPERATURE:SIGMA[:DRAWS] (SIGMA may end in r), "
+                                         "e.g. 0.1:0.5, 0.1:1r or 1:0:16") from None
     if t <= 0 or s < 0 or n < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: the temperature must be > 0, sigma >= 0 and draws >= 1")
-    return t, s, n
+    return t, s, n, replace
+
+
+def variant_name(t: float, s: float, n: int, replace: bool) -> str:
+    return f"T{t:g}{' swap ' if replace else '+'}{s:g}" + (f" best of {n}" if n > 1 else "")
 
 
 def main(argv=None) -> int:
@@ -64,9 +74,12 @@ def main(argv=None) -> int:
     p.add_argument("--zoo", required=True, help="the zoo it was trained on")
     p.add_argument("--cells", type=int, default=16, help="held-out cells (spread as `hypernet eval --cells`)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", type=variant, nargs="+", default=[(0.1, 0.0, 1), (0.5, 0.0, 1), (1.0, 0.0, 1), (0.1, 1.0, 1)],
-                   help="TEMPERATURE:SIGMA[:DRAWS]: draws > 1 keeps the draw of lowest training loss, as "
-                        "`hypernet eval --samples` does")
+    p.add_argument("--variants", type=variant, nargs="+",
+                   default=[(0.1, 0.0, 1, False), (0.5, 0.0, 1, False), (1.0, 0.0, 1, False), (0.1, 1.0, 1, False)],
+                   help="TEMPERATURE:SIGMA[:DRAWS]: the draw plus SIGMA x a fresh init; SIGMA ending in r "
+                        "(0.1:1r) replaces SIGMA of the nearest training checkpoint's own init by the fresh "
+                        "one instead (needs the zoo's checkpoint 0); draws > 1 keeps the draw of lowest "
+                        "training loss, as `hypernet eval --samples` does")
     p.add_argument("--fresh", type=int, default=2, help="nets trained from new seeds per cell (the calibration)")
     a = p.parse_args(argv)
     try:
@@ -87,7 +100,7 @@ def run(a) -> int:
     cases = [c for c in subset_cells(cases_of(cells, make_split(cells)), a.cells) if c.group == "cells"]
     new_seeds = fresh_seeds(cells, max(a.fresh, 1) + 1)
     perturb_seed, new_seeds = new_seeds[-1], new_seeds[:a.fresh]
-    names = [f"T{t:g}+{s:g}" + (f" best of {n}" if n > 1 else "") for t, s, n in a.variants]
+    names = [variant_name(*v) for v in a.variants]
     per = {n: {"speedup": [], "final_delta": [], "ratio": [], "ratio_over_fresh": []} for n in names}
     banks: dict[tuple, _Bank] = {}
     t0 = time.perf_counter()
@@ -95,13 +108,18 @@ def run(a) -> int:
         module = case.cell.build(case.arch)
         cond = spec.vector(case.zoo, case.temperature, case.load)
         fresh_init = nets.init_(case.cell.build(case.arch), perturb_seed, case.cell.init).state_dict()
+        b = bank_for(banks, case, train_cells, zoo)
         inits = {}
-        for n, (t, s, draws) in zip(names, a.variants):
+        for n, (t, s, draws, replace) in zip(names, a.variants):
             gen.config.temperature = t
             drawn = predict_params(gen, module, cond, zoo=case.zoo, n=draws, seed=0)
-            inits[n] = {k: drawn[k] + s * v if k in drawn else v for k, v in fresh_init.items()}
+            if replace:  # in the bank's frame: the draw with sigma of its nearest checkpoint's init swapped
+                st = b.canonical({k: drawn.get(k, v) for k, v in fresh_init.items()})
+                own = b.canonical_init(b.nearest_index(st))
+                inits[n] = {k: v + s * (fresh_init[k] - own[k]) if k in b.names else v for k, v in st.items()}
+            else:
+                inits[n] = {k: drawn[k] + s * v if k in drawn else v for k, v in fresh_init.items()}
         rec = run_case(case, None, spec, train_cells, zoo, a.seeds, baseline_names=(), extra_inits=inits)
-        b = bank_for(banks, case, train_cells, zoo)
         sd = b.seed_distance([b.canonical(st) for st in case.cell.states(zoo)])
         fresh = float(np.median([b.nearest(b.canonical(st))[0] / sd for _, st in fresh_runs(case, new_seeds)])) \
             if new_seeds else float("nan")

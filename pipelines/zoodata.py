@@ -66,9 +66,24 @@ class ZooCell:
 
         Shapes come from the module: a shard stores 0-d tensors (BatchNorm's num_batches_tracked)
         as shape (1,)."""
+        return self._read(root, self.rows)
+
+    def init_states(self, root: str | Path) -> list[dict[str, torch.Tensor]]:
+        """The same members' inits (checkpoint 0), in the order of `states`; an error if the zoo
+        did not store checkpoint 0 for them (its spec's `checkpoints`)."""
+        table = store.read_rows(Path(root), self.zoo)
+        table = table.filter(pc.equal(table["epoch"], 0)).select(["model_id", "shard", "tensor_prefix"])
+        by_id = {r["model_id"]: r for r in table.to_pylist()}
+        missing = [r["model_id"] for r in self.rows if r["model_id"] not in by_id]
+        if missing:
+            raise ZooError(f"{root}: zoo {self.zoo} stores no checkpoint 0 of {self.cell}'s members ({missing[0]}, ...); "
+                           "add 0 to the spec's checkpoints and rebuild")
+        return self._read(root, [by_id[r["model_id"]] for r in self.rows])
+
+    def _read(self, root: str | Path, rows: list[dict]) -> list[dict[str, torch.Tensor]]:
         template = self.build().state_dict()
         out = []
-        for r in self.rows:
+        for r in rows:
             state = store.read_state(Path(root), r)
             missing = sorted(set(template) - set(state))
             if missing:

@@ -387,12 +387,33 @@ def test_igpg_trains_predicts_any_depth_and_benchmarks(deep_zoo, tmp_path):
     import sys
 
     got = subprocess.run([sys.executable, "bench/sampling_frontier.py", "--hypernet", str(out), "--zoo", str(deep_zoo),
-                          "--cells", "1", "--seeds", "0", "--fresh", "1", "--variants", "0.1:0", "0.1:1"],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+                          "--cells", "1", "--seeds", "0", "--fresh", "1", "--variants", "0.1:0", "0.1:1", "0.1:0r",
+                          "0.1:1r"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert got.returncode == 0, got.stderr
     front = json.loads(got.stdout.strip().splitlines()[-1])["variants"]
     assert front["T0.1+1"]["ratio"]["median"] > front["T0.1+0"]["ratio"]["median"] > 0
     assert front["T0.1+0"]["ratio_over_fresh"]["median"] > 0 and "speedup" in front["T0.1+0"]
+    # swapping no init is the draw itself (in the bank's frame); swapping it whole moves the draw away
+    assert front["T0.1 swap 0"]["ratio"]["median"] == pytest.approx(front["T0.1+0"]["ratio"]["median"], rel=1e-6)
+    assert front["T0.1 swap 1"]["ratio"]["median"] > front["T0.1 swap 0"]["ratio"]["median"]
+    # a bank member's init is permuted as its trained net was: training's travel is the same in both frames
+    from pipelines.benchmark.audit import _flat, bank_for
+    from pipelines.benchmark.protocol import cases_of
+    from pipelines.zoodata import load_cells, make_split
+
+    cells = load_cells(deep_zoo)
+    split = make_split(cells)
+    case = next(c for c in cases_of(cells, split) if c.group == "cells")
+    train = [c for c in cells if c.key not in set(split.held_out_cells)]
+    b = bank_for({}, case, train, deep_zoo)
+    cell, j = b._where[1]
+    raw = float((_flat(cell.states(deep_zoo)[j], b.names) - _flat(cell.init_states(deep_zoo)[j], b.names)).norm())
+    assert float((b.T[1] - _flat(b.canonical_init(1), b.names)).norm()) == pytest.approx(raw, rel=1e-6) and raw > 0
+    import dataclasses
+
+    unknown = dataclasses.replace(cell, rows=[{**cell.rows[0], "model_id": "no-such-member"}])
+    with pytest.raises(ZooError, match="stores no checkpoint 0 of .*add 0 to the spec's checkpoints"):
+        unknown.init_states(deep_zoo)
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: igpg\ntraining: {steps: 4, quantizer_steps: 9}\n")
     assert hypernet_main(["train", "--zoo", str(deep_zoo), "--config", str(bad), "--out", str(tmp_path / "x")]) == 2

@@ -79,6 +79,8 @@ class _Bank:
         self.ref = same[0].states(zoo_root)[0]
         self.canon = {c.key: [canonicalize(s, self.ref, module) for s in c.states(zoo_root)] for c in same}
         self.bank = [(k, st) for k, sts in self.canon.items() for st in sts]
+        self._where = [(c, j) for c in same for j in range(len(c.rows))]  # bank index -> (cell, member)
+        self._root = zoo_root
         self.T = torch.stack([_flat(st, names) for _, st in self.bank])  # (members, params)
         self.train_pairs = [d for sts in self.canon.values() for d in _pairs(sts, names)]
         self.x_test = x_test
@@ -94,9 +96,21 @@ class _Bank:
 
     def nearest(self, canonical: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
         """(L2 distance to the nearest training checkpoint, that checkpoint) of a canonicalized net."""
-        d = (self.T - _flat(canonical, self.names)).norm(dim=1)
-        i = int(d.argmin())
-        return float(d[i]), self.bank[i][1]
+        i = self.nearest_index(canonical)
+        return float((self.T[i] - _flat(canonical, self.names)).norm()), self.bank[i][1]
+
+    def nearest_index(self, canonical: dict[str, torch.Tensor]) -> int:
+        return int((self.T - _flat(canonical, self.names)).norm(dim=1).argmin())
+
+    def canonical_init(self, i: int) -> dict[str, torch.Tensor]:
+        """The init (checkpoint 0) of bank member i, permuted as its trained net was to join the
+        bank: the start its canonical checkpoint was trained from, in the bank's frame."""
+        from hypernet.symmetry import perm_groups, permute, weight_matching
+
+        cell, j = self._where[i]
+        groups = perm_groups(self.module)
+        perms = weight_matching(cell.states(self._root)[j], self.ref, groups)
+        return permute(cell.init_states(self._root)[j], groups, perms)
 
     def seed_distance(self, own: list[dict[str, torch.Tensor]]) -> float:
         """The median distance between two of a held-out cell's own canonical members, or with
