@@ -71,8 +71,8 @@ class ZooCell:
     def init_states(self, root: str | Path) -> list[dict[str, torch.Tensor]]:
         """The same members' inits (checkpoint 0), in the order of `states`; an error if the zoo
         did not store checkpoint 0 for them (its spec's `checkpoints`)."""
-        table = store.read_rows(Path(root), self.zoo)
-        table = table.filter(pc.equal(table["epoch"], 0)).select(["model_id", "shard", "tensor_prefix"])
+        table = store.read_rows(Path(root), self.zoo, columns=["model_id", "epoch", "shard", "tensor_prefix"])
+        table = table.filter(pc.equal(table["epoch"], 0))
         by_id = {r["model_id"]: r for r in table.to_pylist()}
         missing = [r["model_id"] for r in self.rows if r["model_id"] not in by_id]
         if missing:
@@ -128,9 +128,9 @@ def load_cells(root: str | Path, zoos: list[str] | None = None) -> list[ZooCell]
     out = []
     for spec in specs:
         final = spec.training.epochs
-        table = store.read_rows(root, spec.name)
-        table = table.filter(pc.equal(table["epoch"], final)).select(
-            ["model_id", "seed", "status", "shard", "tensor_prefix", "cell"])
+        table = store.read_rows(root, spec.name, columns=["model_id", "epoch", "seed", "status", "shard",
+                                                          "tensor_prefix", "cell"])
+        table = table.filter(pc.equal(table["epoch"], final)).drop_columns(["epoch"])
         by_id = {r["model_id"]: r for r in table.to_pylist()}
         for group, members in _groups(spec, by_id).items():  # a cell, or a (cell, architecture) pair
             rows = [by_id[m.model_id] for m in members if m.model_id in by_id and by_id[m.model_id]["status"] == "ok"]

@@ -299,11 +299,13 @@ def model_files(root: Path, zoo: str) -> list[Path]:
     return sorted(data_dir(root, zoo).glob("models-*.parquet"))
 
 
-def read_rows(root: Path, zoo: str) -> pa.Table:
+def read_rows(root: Path, zoo: str, columns: list[str] | None = None) -> pa.Table:
+    """The zoo's model rows (every parquet file), or only `columns` of them: the flat weights
+    column makes the whole table of a big zoo slow to read when only the row index is wanted."""
     files = model_files(root, zoo)
     if not files:
         raise ZooError(f"{data_dir(root, zoo)}: no parquet files for zoo {zoo!r}")
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
 
 
 def read_state(root: Path, row: dict) -> dict[str, np.ndarray]:

@@ -80,7 +80,7 @@ class _Bank:
         self.canon = {c.key: [canonicalize(s, self.ref, module) for s in c.states(zoo_root)] for c in same}
         self.bank = [(k, st) for k, sts in self.canon.items() for st in sts]
         self._where = [(c, j) for c in same for j in range(len(c.rows))]  # bank index -> (cell, member)
-        self._root = zoo_root
+        self._root, self._raw = zoo_root, {}
         self.T = torch.stack([_flat(st, names) for _, st in self.bank])  # (members, params)
         self.train_pairs = [d for sts in self.canon.values() for d in _pairs(sts, names)]
         self.x_test = x_test
@@ -108,9 +108,11 @@ class _Bank:
         from hypernet.symmetry import perm_groups, permute, weight_matching
 
         cell, j = self._where[i]
+        if cell.key not in self._raw:  # (trained, init) of the cell's members, read once
+            self._raw[cell.key] = (cell.states(self._root), cell.init_states(self._root))
+        trained, inits = self._raw[cell.key]
         groups = perm_groups(self.module)
-        perms = weight_matching(cell.states(self._root)[j], self.ref, groups)
-        return permute(cell.init_states(self._root)[j], groups, perms)
+        return permute(inits[j], groups, weight_matching(trained[j], self.ref, groups))
 
     def seed_distance(self, own: list[dict[str, torch.Tensor]]) -> float:
         """The median distance between two of a held-out cell's own canonical members, or with
