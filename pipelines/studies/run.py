@@ -11,7 +11,8 @@ A rerun computes only the cells without a file of the current settings and input
 with --recompute), so a killed study resumes; every stored number comes from seeded computation,
 so the rerun writes the same bytes. A cell's inputs are its place and phase, its members and the
 sha256 of the checkpoint shards it reads (the zoo's data and weights files for a per-zoo study):
-a zoo rebuilt or relabelled under the study recomputes the cells it changed, not the others. The files are tracked by manifest.json and linked from the card.
+a zoo rebuilt or relabelled under the study recomputes the cells it changed, not the others.
+The files are tracked by manifest.json and linked from the card.
 """
 from __future__ import annotations
 
