@@ -71,9 +71,7 @@ class ZooCell:
     def init_states(self, root: str | Path) -> list[dict[str, torch.Tensor]]:
         """The same members' inits (checkpoint 0), in the order of `states`; an error if the zoo
         did not store checkpoint 0 for them (its spec's `checkpoints`)."""
-        table = store.read_rows(Path(root), self.zoo, columns=["model_id", "epoch", "shard", "tensor_prefix"])
-        table = table.filter(pc.equal(table["epoch"], 0))
-        by_id = {r["model_id"]: r for r in table.to_pylist()}
+        by_id = {r["model_id"]: r for r in epoch_rows(root, self.zoo, 0, ["model_id", "shard", "tensor_prefix"])}
         missing = [r["model_id"] for r in self.rows if r["model_id"] not in by_id]
         if missing:
             raise ZooError(f"{root}: zoo {self.zoo} stores no checkpoint 0 of {self.cell}'s members ({missing[0]}, ...); "
@@ -115,6 +113,12 @@ def zoo_specs(root: str | Path) -> list[ZooSpec]:
     return specs
 
 
+def epoch_rows(root: str | Path, zoo: str, epoch: int, columns: list[str]) -> list[dict]:
+    """`columns` of the zoo's rows at one checkpoint epoch (only those columns are read)."""
+    table = store.read_rows(Path(root), zoo, columns=sorted(set(columns) | {"epoch"}))
+    return table.filter(pc.equal(table["epoch"], epoch)).select(columns).to_pylist()
+
+
 def load_cells(root: str | Path, zoos: list[str] | None = None) -> list[ZooCell]:
     """Every cell of the (selected) complete zoos in `root`, with its final-checkpoint rows."""
     root = Path(root)
@@ -128,10 +132,8 @@ def load_cells(root: str | Path, zoos: list[str] | None = None) -> list[ZooCell]
     out = []
     for spec in specs:
         final = spec.training.epochs
-        table = store.read_rows(root, spec.name, columns=["model_id", "epoch", "seed", "status", "shard",
-                                                          "tensor_prefix", "cell"])
-        table = table.filter(pc.equal(table["epoch"], final)).drop_columns(["epoch"])
-        by_id = {r["model_id"]: r for r in table.to_pylist()}
+        by_id = {r["model_id"]: r for r in epoch_rows(root, spec.name, final, ["model_id", "seed", "status", "shard",
+                                                                                "tensor_prefix", "cell"])}
         for group, members in _groups(spec, by_id).items():  # a cell, or a (cell, architecture) pair
             rows = [by_id[m.model_id] for m in members if m.model_id in by_id and by_id[m.model_id]["status"] == "ok"]
             first = members[0]

@@ -72,15 +72,21 @@ class _Bank:
     seeds of a cell (agreement over the first 3 seeds of each cell, to bound its cost)."""
 
     def __init__(self, same: list[ZooCell], module, zoo_root: Path, x_test: torch.Tensor):
-        from hypernet.symmetry import canonicalize
+        from hypernet.symmetry import perm_groups, permute, weight_matching
 
         names = [n for n, _ in module.named_parameters()]
+        groups = perm_groups(module)
 
         self.ref = same[0].states(zoo_root)[0]
-        self.canon = {c.key: [canonicalize(s, self.ref, module) for s in c.states(zoo_root)] for c in same}
+        self.canon, self._perms = {}, []  # the permutation of each bank member, for its init
+        for c in same:
+            self.canon[c.key] = []
+            for s in c.states(zoo_root):  # hypernet.symmetry.canonicalize, keeping the permutation
+                self._perms.append(weight_matching(s, self.ref, groups))
+                self.canon[c.key].append(permute(s, groups, self._perms[-1]))
         self.bank = [(k, st) for k, sts in self.canon.items() for st in sts]
         self._where = [(c, j) for c in same for j in range(len(c.rows))]  # bank index -> (cell, member)
-        self._root, self._raw = zoo_root, {}
+        self._root, self._inits, self._groups = zoo_root, {}, groups
         self.T = torch.stack([_flat(st, names) for _, st in self.bank])  # (members, params)
         self.train_pairs = [d for sts in self.canon.values() for d in _pairs(sts, names)]
         self.x_test = x_test
@@ -105,14 +111,12 @@ class _Bank:
     def canonical_init(self, i: int) -> dict[str, torch.Tensor]:
         """The init (checkpoint 0) of bank member i, permuted as its trained net was to join the
         bank: the start its canonical checkpoint was trained from, in the bank's frame."""
-        from hypernet.symmetry import perm_groups, permute, weight_matching
+        from hypernet.symmetry import permute
 
         cell, j = self._where[i]
-        if cell.key not in self._raw:  # (trained, init) of the cell's members, read once
-            self._raw[cell.key] = (cell.states(self._root), cell.init_states(self._root))
-        trained, inits = self._raw[cell.key]
-        groups = perm_groups(self.module)
-        return permute(inits[j], groups, weight_matching(trained[j], self.ref, groups))
+        if cell.key not in self._inits:  # the cell's inits, read once
+            self._inits[cell.key] = cell.init_states(self._root)
+        return permute(self._inits[cell.key][j], self._groups, self._perms[i])
 
     def seed_distance(self, own: list[dict[str, torch.Tensor]]) -> float:
         """The median distance between two of a held-out cell's own canonical members, or with
