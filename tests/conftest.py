@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,13 @@ def _data_cache(tmp_path_factory):
     if "ZOO_CACHE" not in os.environ:
         os.environ["ZOO_CACHE"] = str(tmp_path_factory.mktemp("zoo-cache"))
     yield
+
+
+def pids_named(fragment: str) -> list[int]:
+    """Pids of the running processes whose command line contains `fragment` (Ray names a worker
+    after what it runs: `ray::train_bundle`, `ray::ImplicitFunc.train`)."""
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
+    return [int(line.split()[0]) for line in ps if fragment in line]
 
 
 def tiny_spec(name: str = "tiny", **over) -> dict:

@@ -18,7 +18,7 @@ import yaml
 
 import zoo
 from zoo import store
-from tests.conftest import tiny_spec, write_spec
+from tests.conftest import pids_named, tiny_spec, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -214,8 +214,7 @@ def test_dead_worker_is_retried(built, spec_file, tmp_path):
     )
 
     def kill_a_worker() -> bool:
-        ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-        pids = [int(line.split()[0]) for line in ps.splitlines() if "ray::train_bundle" in line]
+        pids = pids_named("ray::train_bundle")
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         return bool(pids)

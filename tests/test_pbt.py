@@ -22,6 +22,7 @@ from zoo.errors import ZooError
 from zoo.pbt import initial_hyperparameters, temperature_coordinate
 from zoo.spec import parse_spec
 from zoo.train import MemberConfig, Population, train_subset, validation_indices
+from tests.conftest import pids_named
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -354,9 +355,7 @@ def test_pbt_build_killed_resumes_with_tune_restore_and_survives_a_killed_worker
 
     def trial_workers(training: bool = True) -> list[int]:
         """Trial actors (`ray::ImplicitFunc`), those running a training step only by default."""
-        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-        name = "ray::ImplicitFunc.train" if training else "ray::ImplicitFunc"
-        return [int(line.split()[0]) for line in ps if name in line]
+        return pids_named("ray::ImplicitFunc.train" if training else "ray::ImplicitFunc")
 
     # Ray's daemons are not in the build's process group: the killed build's trial actors can
     # linger for a while; they must not be mistaken for the rerun's

@@ -13,7 +13,7 @@ import torch
 from hypernet.symmetry import perm_groups, permute, random_permutation
 from pipelines.studies import averaging, prune, run
 from pipelines.studies.common import retained
-from tests.conftest import tiny_spec, write_spec
+from tests.conftest import pids_named, tiny_spec, write_spec
 from zoo import nets, store
 from zoo.spec import parse_spec
 
@@ -229,8 +229,7 @@ def test_a_study_killed_mid_run_on_ray_resumes_to_the_same_bytes(built, tmp_path
     done = n_cells()
     assert 1 <= done < 4, "the study finished (or never started) before it could be interrupted"
     # the killed run's Ray workers are not in its process group; none may outlive it into the rerun
-    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
-    for pid in [int(line.split()[0]) for line in ps if "ray::study_cell" in line]:
+    for pid in pids_named("ray::study_cell"):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
