@@ -68,10 +68,11 @@ class ZooCell:
         as shape (1,)."""
         return self._read(root, self.rows)
 
-    def init_states(self, root: str | Path) -> list[dict[str, torch.Tensor]]:
+    def init_states(self, root: str | Path, index: dict[str, dict] | None = None) -> list[dict[str, torch.Tensor]]:
         """The same members' inits (checkpoint 0), in the order of `states`; an error if the zoo
-        did not store checkpoint 0 for them (its spec's `checkpoints`)."""
-        by_id = {r["model_id"]: r for r in epoch_rows(root, self.zoo, 0, ["model_id", "shard", "tensor_prefix"])}
+        did not store checkpoint 0 for them (its spec's `checkpoints`). index: the zoo's
+        init_index, for a caller that reads the inits of many cells (read here otherwise)."""
+        by_id = init_index(root, self.zoo) if index is None else index
         missing = [r["model_id"] for r in self.rows if r["model_id"] not in by_id]
         if missing:
             raise ZooError(f"{root}: zoo {self.zoo} stores no checkpoint 0 of {self.cell}'s members ({missing[0]}, ...); "
@@ -117,6 +118,11 @@ def epoch_rows(root: str | Path, zoo: str, epoch: int, columns: list[str]) -> li
     """`columns` of the zoo's rows at one checkpoint epoch (only those columns are read)."""
     table = store.read_rows(Path(root), zoo, columns=sorted(set(columns) | {"epoch"}))
     return table.filter(pc.equal(table["epoch"], epoch)).select(columns).to_pylist()
+
+
+def init_index(root: str | Path, zoo: str) -> dict[str, dict]:
+    """model id -> the row of its checkpoint 0 (shard and tensor prefix), for ZooCell.init_states."""
+    return {r["model_id"]: r for r in epoch_rows(root, zoo, 0, ["model_id", "shard", "tensor_prefix"])}
 
 
 def load_cells(root: str | Path, zoos: list[str] | None = None) -> list[ZooCell]:

@@ -86,7 +86,7 @@ class _Bank:
                 self.canon[c.key].append(permute(s, groups, self._perms[-1]))
         self.bank = [(k, st) for k, sts in self.canon.items() for st in sts]
         self._where = [(c, j) for c in same for j in range(len(c.rows))]  # bank index -> (cell, member)
-        self._root, self._inits, self._groups = zoo_root, {}, groups
+        self._root, self._inits, self._index, self._groups = zoo_root, {}, None, groups
         self.T = torch.stack([_flat(st, names) for _, st in self.bank])  # (members, params)
         self.train_pairs = [d for sts in self.canon.values() for d in _pairs(sts, names)]
         self.x_test = x_test
@@ -113,9 +113,12 @@ class _Bank:
         bank: the start its canonical checkpoint was trained from, in the bank's frame."""
         from hypernet.symmetry import permute
 
+        from pipelines.zoodata import init_index
+
         cell, j = self._where[i]
-        if cell.key not in self._inits:  # the cell's inits, read once
-            self._inits[cell.key] = cell.init_states(self._root)
+        if cell.key not in self._inits:  # the cell's inits, read once, from one read of the zoo's index
+            self._index = self._index if self._index is not None else init_index(self._root, cell.zoo)
+            self._inits[cell.key] = cell.init_states(self._root, self._index)
         return permute(self._inits[cell.key][j], self._groups, self._perms[i])
 
     def seed_distance(self, own: list[dict[str, torch.Tensor]]) -> float:
